@@ -1,1 +1,5 @@
-"""checkpoint."""
+"""Checkpoint I/O in the official formats (safetensors only)."""
+
+from .hf import load_model, save_model
+
+__all__ = ["load_model", "save_model"]
