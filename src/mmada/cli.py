@@ -68,7 +68,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     """Convert pickle weights (.bin/.pt) to safetensors, once."""
     from .checkpoint.convert import convert_to_safetensors
 
-    for path in convert_to_safetensors(args.source, args.output):
+    for path in convert_to_safetensors(args.source, args.output, overwrite=args.overwrite):
         print(f"wrote {path}")
     return 0
 
@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="convert pickle weights (.bin) to safetensors")
     p.add_argument("source", type=Path, help="a folder with .bin files, or one .bin file")
     p.add_argument("-o", "--output", type=Path, default=None, help="output folder (default: beside the source)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing .safetensors files")
     p.set_defaults(func=cmd_convert)
     return parser
 
