@@ -1,0 +1,153 @@
+"""LLaDA chat template, MMaDA's "thinking mode" instruction and `<think>` answer parsing.
+
+The template is the one MMaDA's `generate.py` (L120) and `app.py` (L115) install on the tokenizer
+(Gen-Verse/MMaDA): bos, then for every message
+
+    <|start_header_id|>{role}<|end_header_id|>\\n{content.strip()}<|eot_id|>
+
+then always the generation prompt `<|start_header_id|>assistant<|end_header_id|>\\n` (the official Jinja
+template emits it even when `add_generation_prompt` is false; we keep that as the default). Only the
+content is trimmed, with Python `str.strip` semantics (Jinja's `trim`).
+
+Thinking mode (MMaDA paper §2.2, mixed long-CoT): the demo prefixes the user's text with
+`THINKING_INSTRUCTION` and a newline before rendering (Gen-Verse/MMaDA app.py L222 / L381; the same
+sentence opens the CoT training prompts in training/data.py). The model then answers
+`<think> reasoning </think> answer`; `split_thinking` separates the two parts.
+
+We render to a string and tokenize the whole string, as `apply_chat_template` does: byte-level BPE
+merges "\\n" with the following text, so encoding the pieces separately would give other ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from .vocab import END_HEADER_TOKEN, EOT_ID_TOKEN, START_HEADER_TOKEN
+
+Role = Literal["system", "user", "assistant"]
+ROLES: tuple[Role, ...] = ("system", "user", "assistant")
+
+LLADA_BOS_TOKEN = "<|startoftext|>"
+"""bos string of the LLaDA tokenizer, the template's `bos_token`."""
+
+# Gen-Verse/MMaDA app.py L222 (thinking_mode_lm) and L381 (thinking_mode_mmu), verbatim.
+THINKING_INSTRUCTION = (
+    "You should first think about the reasoning process in the mind and then provide the user with the "
+    "answer. The reasoning process is enclosed within <think> </think> tags, i.e. <think> reasoning "
+    "process here </think> answer here"
+)
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+
+
+class _Encoder(Protocol):
+    @property
+    def bos_token(self) -> str | None: ...
+
+    def encode(self, text: str) -> list[int]: ...
+
+
+def validate_messages(messages: Sequence[Mapping[str, str]]) -> None:
+    """Raise ValueError unless `messages` is a non-empty list of {"role": Role, "content": str}."""
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        raise ValueError(f"messages must be a list of {{'role', 'content'}} dicts, got {type(messages).__name__}")
+    if not messages:
+        raise ValueError("messages is empty; a chat prompt needs at least one message")
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise ValueError(f"messages[{i}] must be a dict with 'role' and 'content', got {type(message).__name__}")
+        for key in ("role", "content"):
+            if key not in message:
+                raise ValueError(f"messages[{i}] has no {key!r} key")
+        if message["role"] not in ROLES:
+            raise ValueError(f"messages[{i}] role {message['role']!r} must be one of {ROLES}")
+        if not isinstance(message["content"], str):
+            raise ValueError(f"messages[{i}] content must be a str, got {type(message['content']).__name__}")
+
+
+def with_thinking(messages: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
+    """Copy of `messages` whose last user message starts with `THINKING_INSTRUCTION` + "\\n" (as app.py)."""
+    validate_messages(messages)
+    out = [{"role": m["role"], "content": m["content"]} for m in messages]
+    last_user = max((i for i, m in enumerate(out) if m["role"] == "user"), default=None)
+    if last_user is None:
+        raise ValueError("thinking mode needs a user message to prefix with the instruction")
+    out[last_user]["content"] = THINKING_INSTRUCTION + "\n" + out[last_user]["content"]
+    return out
+
+
+def render_chat(
+    messages: Sequence[Mapping[str, str]],
+    *,
+    bos_token: str = LLADA_BOS_TOKEN,
+    thinking: bool = False,
+    add_generation_prompt: bool = True,
+) -> str:
+    """Render a conversation with the LLaDA template used by MMaDA.
+
+    Args:
+        messages: [{"role": "system" | "user" | "assistant", "content": str}, ...], at least one.
+        bos_token: the tokenizer's bos string.
+        thinking: prefix the last user message with `THINKING_INSTRUCTION` (MMaDA thinking mode).
+        add_generation_prompt: append the assistant header. The official template always does; pass
+            False to render a finished conversation (e.g. an SFT sample ending in an assistant turn).
+    """
+    messages = with_thinking(messages) if thinking else messages
+    validate_messages(messages)
+    turns = [
+        f"{START_HEADER_TOKEN}{m['role']}{END_HEADER_TOKEN}\n{m['content'].strip()}{EOT_ID_TOKEN}" for m in messages
+    ]
+    prompt = f"{START_HEADER_TOKEN}assistant{END_HEADER_TOKEN}\n" if add_generation_prompt else ""
+    return bos_token + "".join(turns) + prompt
+
+
+def encode_chat(
+    tokenizer: _Encoder,
+    messages: Sequence[Mapping[str, str]],
+    *,
+    thinking: bool = False,
+    add_generation_prompt: bool = True,
+) -> list[int]:
+    """Token ids of `render_chat(messages)` with the tokenizer's bos (starts with bos)."""
+    if tokenizer.bos_token is None:
+        raise ValueError("the tokenizer has no bos token; the chat template starts with it")
+    text = render_chat(
+        messages, bos_token=tokenizer.bos_token, thinking=thinking, add_generation_prompt=add_generation_prompt
+    )
+    return tokenizer.encode(text)
+
+
+@dataclass(frozen=True)
+class ThinkingSplit:
+    """A completion split at `</think>`."""
+
+    reasoning: str | None
+    """Text inside `<think> … </think>` (stripped); None when the completion has no think block."""
+    answer: str
+    """Text after `</think>` (stripped); the whole completion when there is no think block; empty when
+    the think block was never closed."""
+
+
+def split_thinking(text: str) -> ThinkingSplit:
+    """Separate `<think>reasoning</think>answer`.
+
+    The prompt may already have opened the block, so a missing `<think>` before `</think>` is accepted;
+    an unclosed `<think>` means the model never reached its answer.
+    """
+    close = text.find(THINK_CLOSE)
+    if close >= 0:
+        head = text[:close]
+        open_ = head.find(THINK_OPEN)
+        reasoning = head[open_ + len(THINK_OPEN) :] if open_ >= 0 else head
+        return ThinkingSplit(reasoning.strip(), text[close + len(THINK_CLOSE) :].strip())
+    open_ = text.find(THINK_OPEN)
+    if open_ >= 0:
+        return ThinkingSplit(text[open_ + len(THINK_OPEN) :].strip(), "")
+    return ThinkingSplit(None, text.strip())
+
+
+def strip_thinking(text: str) -> str:
+    """The final answer of a completion, without its `<think>` block."""
+    return split_thinking(text).answer
