@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import ast
+import dataclasses
+import inspect
+import itertools
 import json
 import logging
+import re
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .utils.files import CheckpointError
 from .utils.logging import setup_logging
 
 logger = logging.getLogger("mmada")
+DEFAULT_MODEL = "Gen-Verse/MMaDA-8B-MixCoT"
 
 
 def _human(n: float) -> str:
@@ -73,6 +81,229 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- generation commands ---------------------------------------------------------------------------
+def _field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings of a dataclass (the string right after each field), for --help."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, nxt in itertools.pairwise(body):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(nxt.value.value).split())  # type: ignore[union-attr]
+    return docs
+
+
+def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
+    """One optional flag per sampler field (default None = the pipeline's default)."""
+    group = parser.add_argument_group(title)
+    docs = _field_docs(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "str")
+        if "bool" in kind:
+            group.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
+                               help=docs.get(f.name))
+        else:
+            convert = int if kind.startswith("int") else float if "float" in kind else str
+            group.add_argument(flag, dest=f.name, type=convert, default=None, metavar=f.name.upper(),
+                               help=f"{docs.get(f.name, '')} (default: {f.default})")
+
+
+def _sampling(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+
+
+def _pipeline(args: argparse.Namespace) -> Any:
+    import torch
+
+    from .pipelines import MMaDAPipeline
+    from .utils.device import seed_everything
+
+    if args.seed is not None:
+        seed_everything(args.seed)
+    settings = {"max_text_len": args.max_text_len} if args.max_text_len is not None else {}
+    if args.resolution is not None:
+        settings["resolution"] = args.resolution
+    logger.info("loading %s", args.model)
+    pipe = MMaDAPipeline.from_pretrained(args.model, image_tokenizer=args.image_tokenizer, dtype=args.dtype,
+                                         device=args.device, **settings)
+    args.generator = None if args.seed is None else torch.Generator(pipe.device).manual_seed(args.seed)
+    return pipe
+
+
+def _run_text(steps: Any, total: int, quiet: bool) -> Any:
+    from tqdm import tqdm
+
+    last = None
+    for last in tqdm(steps, total=total, desc="denoising", unit="step", disable=quiet, leave=False):  # noqa: B007
+        pass
+    return last
+
+
+def _print_result(pipe: Any, last: Any, show_thinking: bool) -> None:
+    result = pipe.decode_answer(last.step.tokens[0, last.prompt_length :])
+    if result.reasoning is not None and show_thinking:
+        print(f"<think>{result.reasoning}</think>")
+    print(result.answer)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Answer one prompt."""
+    from .pipelines import TextSampling
+
+    pipe = _pipeline(args)
+    sampling = _sampling(args, TextSampling)
+    steps = pipe.iter_generate(args.prompt, thinking=args.thinking, generator=args.generator, **sampling)
+    total = sampling.get("steps", pipe.settings.text.steps)
+    _print_result(pipe, _run_text(steps, total, args.quiet), show_thinking=True)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """Interactive multi-turn chat on stdin/stdout; an empty line or EOF ends it."""
+    from .pipelines import TextSampling
+
+    pipe = _pipeline(args)
+    sampling = _sampling(args, TextSampling)
+    messages: list[dict[str, str]] = []
+    if args.system:
+        messages.append({"role": "system", "content": args.system})
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            break
+        if not line:
+            break
+        messages.append({"role": "user", "content": line})
+        steps = pipe.iter_chat(messages, thinking=args.thinking, generator=args.generator, **sampling)
+        last = _run_text(steps, sampling.get("steps", pipe.settings.text.steps), args.quiet)
+        result = pipe.decode_answer(last.step.tokens[0, last.prompt_length :])
+        print(f"mmada> {result.text}", flush=True)
+        messages.append({"role": "assistant", "content": result.text})
+    return 0
+
+
+def cmd_understand(args: argparse.Namespace) -> int:
+    """Answer a question about an image."""
+    from .pipelines import TextSampling
+
+    pipe = _pipeline(args)
+    sampling = _sampling(args, TextSampling)
+    steps = pipe.iter_understand(args.image, args.question, thinking=args.thinking, generator=args.generator,
+                                 **sampling)
+    _print_result(pipe, _run_text(steps, sampling.get("steps", pipe.settings.text.steps), args.quiet), True)
+    return 0
+
+
+def _save_images(pipe: Any, steps: list[Any], output: Path, gif: Path | None, shape: Any = None) -> None:
+    final = pipe.decode_images(steps[-1].tokens, shape=shape)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    paths = [output] if len(final) == 1 else [output.with_name(f"{output.stem}_{i}{output.suffix}")
+                                              for i in range(len(final))]
+    for image, path in zip(final, paths):
+        image.save(path)
+        print(f"wrote {path}")
+    if gif is not None:
+        frames = [pipe.decode_images(s.tokens[:1], shape=shape)[0] for s in steps]
+        frames[0].save(gif, save_all=True, append_images=frames[1:] + [frames[-1]] * 3, duration=250, loop=0)
+        print(f"wrote {gif}")
+
+
+def _collect(steps: Any, total: int, quiet: bool) -> list[Any]:
+    from tqdm import tqdm
+
+    return list(tqdm(steps, total=total, desc="decoding", unit="step", disable=quiet, leave=False))
+
+
+def cmd_t2i(args: argparse.Namespace) -> int:
+    """Generate an image from a prompt."""
+    from .pipelines import ImageSampling
+
+    pipe = _pipeline(args)
+    sampling = _sampling(args, ImageSampling)
+    steps = _collect(pipe.iter_text_to_image(args.prompt, generator=args.generator, **sampling),
+                     sampling.get("timesteps", pipe.settings.image.timesteps), args.quiet)
+    _save_images(pipe, steps, args.output, args.gif)
+    return 0
+
+
+def cmd_inpaint(args: argparse.Namespace) -> int:
+    """Repaint a region of an image (a box or a mask image) under a prompt."""
+    from PIL import Image
+
+    from .pipelines import ImageSampling
+
+    pipe = _pipeline(args)
+    sampling = _sampling(args, ImageSampling)
+    if (args.box is None) == (args.mask is None):
+        raise ValueError("give exactly one of --box LEFT TOP RIGHT BOTTOM or --mask MASK_IMAGE")
+    region = tuple(args.box) if args.box is not None else Image.open(args.mask)
+    steps = _collect(pipe.iter_inpaint(args.image, region, args.prompt, generator=args.generator, **sampling),
+                     sampling.get("timesteps", pipe.settings.image.timesteps), args.quiet)
+    _save_images(pipe, steps, args.output, args.gif)
+    return 0
+
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint folder or hub id (default: {DEFAULT_MODEL})")
+    g.add_argument("--image-tokenizer", default=None, help="image tokenizer folder or hub id (default: found "
+                   "beside the checkpoint, else showlab/magvitv2)")
+    g.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
+    g.add_argument("--dtype", default="float32", help="float32 or bf16 (default: float32)")
+    g.add_argument("--seed", type=int, default=None, help="random seed (default: unseeded)")
+    g.add_argument("--max-text-len", type=int, default=None, help="text part of image layouts (default: 512)")
+    g.add_argument("--resolution", type=int, default=None, help="image side in pixels (default: tokenizer's)")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
+
+
+def _add_generation_commands(sub: Any) -> None:
+    from .pipelines import ImageSampling, TextSampling
+
+    p = sub.add_parser("generate", help="answer a prompt")
+    p.add_argument("prompt")
+    p.add_argument("--thinking", action="store_true", help="reason in <think>…</think> first")
+    _add_model_flags(p)
+    _add_dataclass_flags(p, TextSampling, "text sampling")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("chat", help="interactive multi-turn chat")
+    p.add_argument("--thinking", action="store_true", help="reason in <think>…</think> first")
+    p.add_argument("--system", default=None, help="system prompt")
+    _add_model_flags(p)
+    _add_dataclass_flags(p, TextSampling, "text sampling")
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("understand", help="answer a question about an image")
+    p.add_argument("image", help="image file")
+    p.add_argument("question")
+    p.add_argument("--thinking", action="store_true", help="reason in <think>…</think> first")
+    _add_model_flags(p)
+    _add_dataclass_flags(p, TextSampling, "text sampling")
+    p.set_defaults(func=cmd_understand)
+
+    p = sub.add_parser("t2i", help="text to image")
+    p.add_argument("prompt")
+    p.add_argument("-o", "--output", type=Path, default=Path("mmada.png"), help="PNG to write")
+    p.add_argument("--gif", type=Path, default=None, help="also write the denoising steps as a GIF")
+    _add_model_flags(p)
+    _add_dataclass_flags(p, ImageSampling, "image sampling")
+    p.set_defaults(func=cmd_t2i)
+
+    p = sub.add_parser("inpaint", help="repaint part of an image under a prompt")
+    p.add_argument("image", help="image file")
+    p.add_argument("prompt")
+    p.add_argument("--box", type=float, nargs=4, metavar=("LEFT", "TOP", "RIGHT", "BOTTOM"), default=None,
+                   help="region to repaint, in pixels of the resized image")
+    p.add_argument("--mask", type=Path, default=None, help="mask image: white = repaint")
+    p.add_argument("-o", "--output", type=Path, default=Path("inpainted.png"), help="PNG to write")
+    p.add_argument("--gif", type=Path, default=None, help="also write the denoising steps as a GIF")
+    _add_model_flags(p)
+    _add_dataclass_flags(p, ImageSampling, "image sampling")
+    p.set_defaults(func=cmd_inpaint)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmada", description="Multimodal large diffusion language models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -88,13 +319,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, default=None, help="output folder (default: beside the source)")
     p.add_argument("--overwrite", action="store_true", help="replace existing .safetensors files")
     p.set_defaults(func=cmd_convert)
+    _add_generation_commands(sub)
     return parser
+
+
+def _name_flags(message: str, parser: argparse.ArgumentParser) -> str:
+    """Library errors name parameters (`gen_length`); on the command line, name the flag (--gen-length)."""
+    flags = {a.dest for sp in parser._subparsers._group_actions for p in sp.choices.values()  # type: ignore[union-attr]
+             for a in p._actions}
+    return re.sub(r"`(\w+)`", lambda m: f"`--{m.group(1).replace('_', '-')}`" if m.group(1) in flags else m.group(0),
+                  message)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(logging.DEBUG if args.verbose else logging.INFO)
+    quiet = getattr(args, "quiet", False)
+    setup_logging(logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
@@ -102,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         # User errors get one line, not a traceback (run with -v for the traceback).
         if args.verbose:
             raise
-        print(f"mmada {args.command}: error: {err}", file=sys.stderr)
+        print(f"mmada {args.command}: error: {_name_flags(str(err), parser)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
