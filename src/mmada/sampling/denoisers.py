@@ -1,0 +1,130 @@
+"""What the samplers call: a `Denoiser` maps token ids to logits; wrappers compose on top of it.
+
+The samplers never import the model class. Anything with the `Denoiser` call signature works:
+`MMaDAModel` itself, a test mock, or a wrapper such as `ClassifierFreeGuidance`, which is a
+`Denoiser` around a `Denoiser`. Caching wrappers (prefix / dual KV cache, Fast-dLLM) belong here
+too, as further wrappers, without touching the sampling loops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+Positions = slice | Tensor | None
+"""Where logits are wanted: None = everywhere, a `slice` of sequence positions, or a (B, L) bool
+tensor (the True positions, in row-major order)."""
+
+UncondFn = Callable[[Tensor, Tensor | None], tuple[Tensor, Tensor | None]]
+"""Builds the unconditional input (ids, attention_mask) from the conditional one."""
+
+
+@runtime_checkable
+class Denoiser(Protocol):
+    """tokens -> logits, with fully bidirectional attention.
+
+    Args:
+        input_ids: (B, L) int64.
+        attention_mask: (B, L) bool/int key padding mask (1 = real token; padded keys are hidden
+            from every query) or None (every position visible).
+        positions: None -> (B, L, V) logits; a `slice` -> (B, len, V) at those positions; a
+            (B, L) bool tensor -> (N, V) at the True positions in row-major order.
+    """
+
+    def __call__(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, *, positions: Positions = None
+    ) -> Tensor: ...
+
+
+def guide(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:
+    """Classifier-free guidance with weight `scale` = w >= 0: (1 + w) * cond - w * uncond.
+
+    The official code spells this formula two ways, which are the same algebra:
+    LLaDA / MMaDA text, `u + (w + 1) * (c - u)` (generate.py, models/modeling_mmada.py
+    `mmu_generate`) and MUSE / MMaDA t2i, `(1 + w) * c - w * u` (models/modeling_mmada.py
+    `t2i_generate`, "it seems that muse has a different cfg setting"). w = 0 is the conditional
+    model; w is *not* the "guidance scale" s = 1 + w of the Ho & Salimans form u + s (c - u).
+    We evaluate the MUSE spelling, which matches the stochastic t2i sampler bit for bit; for the
+    greedy text sampler the two spellings differ only by float rounding. Half-precision logits are
+    combined in float32 (the difference of two large logits loses bits in bf16).
+    """
+    dtype = torch.promote_types(cond.dtype, torch.float32)
+    return (1 + scale) * cond.to(dtype) - scale * uncond.to(dtype)
+
+
+class ClassifierFreeGuidance:
+    """A `Denoiser` that runs [cond; uncond] as one batch and returns the guided logits.
+
+    Args:
+        denoiser: the wrapped model.
+        scale: guidance weight w (see `guide`).
+        uncond: builds the unconditional (ids, attention_mask) from the conditional ones; it
+            must keep the shape (B, L) so that both halves have the same positions.
+    """
+
+    def __init__(self, denoiser: Denoiser, scale: float, uncond: UncondFn) -> None:
+        if scale < 0:
+            raise ValueError(f"guidance `scale` ({scale}) must be >= 0")
+        self.denoiser = denoiser
+        self.scale = scale
+        self.uncond = uncond
+
+    def __call__(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, *, positions: Positions = None
+    ) -> Tensor:
+        un_ids, un_mask = self.uncond(input_ids, attention_mask)
+        ids = torch.cat([input_ids, un_ids])  # (2B, L)
+        mask = _cat_masks(attention_mask, un_mask, input_ids)  # (2B, L) or None
+        if isinstance(positions, Tensor):
+            positions = torch.cat([positions, positions])  # same positions in both halves
+        cond, uncond = self.denoiser(ids, mask, positions=positions).chunk(2)
+        return guide(cond, uncond, self.scale)
+
+
+def _cat_masks(cond: Tensor | None, uncond: Tensor | None, like: Tensor) -> Tensor | None:
+    if cond is None and uncond is None:
+        return None
+    ones = torch.ones_like(like, dtype=torch.bool)
+    return torch.cat([ones if m is None else m.bool() for m in (cond, uncond)])
+
+
+def mask_positions(fixed: Tensor, mask_id: int) -> UncondFn:
+    """Unconditional input for text CFG: every position in `fixed` (B, L) bool set to `mask_id`.
+
+    The official text samplers mask every position that was not masked at the start, padding
+    included (generate.py, models/modeling_mmada.py `mmu_generate`: `un_x[prompt_index] = mask_id`).
+    The attention mask is passed through unchanged (see `sampling.text` for why).
+    """
+
+    def uncond(input_ids: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        return input_ids.masked_fill(fixed, mask_id), attention_mask
+
+    return uncond
+
+
+def replace_prefix(prefix_ids: Tensor, prefix_mask: Tensor | None) -> UncondFn:
+    """Unconditional input for t2i CFG: the first T positions replaced by a null-prompt prefix.
+
+    MMaDA's unconditional t2i input is the empty-caption text part followed by the current image
+    part of the conditional input (models/modeling_mmada.py `t2i_generate`, `uncond_prefix`).
+
+    Args:
+        prefix_ids: (B, T) int64, the null prompt's text part (everything before `<|soi|>`).
+        prefix_mask: (B, T) bool/int padding mask of that prefix, or None (no padding).
+    """
+    length = prefix_ids.shape[1]
+
+    def uncond(input_ids: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        ids = torch.cat([prefix_ids, input_ids[:, length:]], dim=1)
+        if prefix_mask is None and attention_mask is None:
+            return ids, None
+        tail = torch.ones_like(input_ids[:, length:], dtype=torch.bool)
+        if attention_mask is not None:
+            tail = attention_mask[:, length:].bool()
+        head = torch.ones_like(prefix_ids, dtype=torch.bool) if prefix_mask is None else prefix_mask.bool()
+        return ids, torch.cat([head, tail], dim=1)
+
+    return uncond
