@@ -11,6 +11,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from mmada.pipelines import MMaDAPipeline, region_to_grid
+from mmada.sampling import last_step
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +73,8 @@ def test_inpaint_keeps_codes_outside_the_region(pipe):
     codes = torch.arange(16) * 7 % 128
     region = torch.zeros(4, 4, dtype=torch.bool)
     region[:, :2] = True
-    last = None
-    for last in pipe.iter_inpaint(codes, region, "a red cube", generator=torch.Generator().manual_seed(0),
-                                  timesteps=4):
-        pass
+    last = last_step(pipe.iter_inpaint(codes, region, "a red cube", generator=torch.Generator().manual_seed(0),
+                                       timesteps=4))
     out = last.tokens.view(4, 4)
     assert torch.equal(out[~region], codes.view(4, 4)[~region])
     assert pipe.inpaint(codes, region, "a red cube").size == (64, 64)

@@ -45,7 +45,7 @@ from .prompting import (
 from .sampling.common import SampleStep
 from .sampling.image import iter_sample_t2i
 from .sampling.inpaint import extend_grid, iter_infill_text
-from .sampling.text import iter_sample_text
+from .sampling.text import iter_sample_text, last_step
 from .utils.files import CheckpointError, resolve_folder
 
 logger = logging.getLogger(__name__)
@@ -267,11 +267,7 @@ class MMaDAPipeline:
         return sorted({self.vocab.eos_id, self.vocab.eot_id})
 
     def _finish(self, steps: Iterator[TextStep]) -> TextResult:
-        last = None
-        for last in steps:  # noqa: B007 - only the final state matters
-            pass
-        if last is None:
-            raise ValueError("the sampler ran no step (gen_length 0?)")
+        last = last_step(steps)
         return self.decode_answer(last.step.tokens[0, last.prompt_length :])
 
     def decode_answer(self, generated: Tensor) -> TextResult:
@@ -329,11 +325,7 @@ class MMaDAPipeline:
 
     def infill(self, text: str, **kwargs: Any) -> str:
         """Fill every `[BLANK]` of `text` and return the completed text."""
-        last = None
-        for last in self.iter_infill(text, **kwargs):  # noqa: B007
-            pass
-        assert last is not None
-        return last.previews[0]
+        return last_step(self.iter_infill(text, **kwargs)).previews[0]
 
     # ---- images ---------------------------------------------------------------------------------
     def encode_image(self, image: Any, *, mode: str = "crop") -> Tensor:
@@ -397,11 +389,7 @@ class MMaDAPipeline:
     def text_to_image(self, prompt: str | Sequence[str], *, generator: torch.Generator | None = None,
                       **sampling: Any) -> list[Image.Image]:
         """Generate one image per prompt."""
-        last = None
-        for last in self.iter_text_to_image(prompt, generator=generator, **sampling):  # noqa: B007
-            pass
-        assert last is not None
-        return self.decode_images(last.tokens)
+        return self.decode_images(last_step(self.iter_text_to_image(prompt, generator=generator, **sampling)).tokens)
 
     def iter_inpaint(self, image: Any, region: Any, prompt: str, *, generator: torch.Generator | None = None,
                      **sampling: Any) -> Iterator[SampleStep]:
@@ -425,11 +413,7 @@ class MMaDAPipeline:
 
     def inpaint(self, image: Any, region: Any, prompt: str, **kwargs: Any) -> Image.Image:
         """Repaint `region` of `image` under `prompt`; codes outside the region are kept exactly."""
-        last = None
-        for last in self.iter_inpaint(image, region, prompt, **kwargs):  # noqa: B007
-            pass
-        assert last is not None
-        return self.decode_images(last.tokens)[0]
+        return self.decode_images(last_step(self.iter_inpaint(image, region, prompt, **kwargs)).tokens)[0]
 
     def extrapolate(self, image: Any, prompt: str, *, pad: tuple[int, int, int, int] = (0, 0, 0, 4),
                     generator: torch.Generator | None = None, **sampling: Any) -> Image.Image:
@@ -444,12 +428,9 @@ class MMaDAPipeline:
                                    mask_id=self.vocab.mask_id)
         height, width = side + pad[0] + pad[1], side + pad[2] + pad[3]
         inputs.update(input_ids=ids, attention_mask=mask)
-        last = None
         with torch.inference_mode():
-            for last in iter_sample_t2i(self.model, **inputs, **kw, num_image_tokens=height * width,  # noqa: B007
-                                        generator=generator):
-                pass
-        assert last is not None
+            last = last_step(iter_sample_t2i(self.model, **inputs, **kw, num_image_tokens=height * width,
+                                             generator=generator))
         return self.decode_images(last.tokens, shape=(height, width))[0]
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator, Sequence
 from functools import partial
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 from torch import Tensor
@@ -47,6 +47,7 @@ from mmada.sampling.denoisers import ClassifierFreeGuidance, Denoiser, mask_posi
 from mmada.utils.device import math_dtype
 
 Remasking = Literal["low_confidence", "random"]
+StepT = TypeVar("StepT")
 REMASKING = ("low_confidence", "random")
 
 
@@ -262,7 +263,7 @@ def _proposer(temperature: float, remasking: Remasking, generator: torch.Generat
     return propose
 
 
-def last_step(steps: Iterator[SampleStep]) -> SampleStep:
+def last_step(steps: Iterator[StepT]) -> StepT:
     """Run an iterator of steps to the end and return the final step."""
     final = None
     for final in steps:  # noqa: B007 - only the last one is wanted
