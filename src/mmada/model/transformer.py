@@ -20,6 +20,7 @@ Departures from the official model, on purpose:
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,7 @@ from torch.utils.checkpoint import checkpoint
 from .config import ModelConfig
 
 Positions = slice | Tensor | None
+Padding = Literal["hide", "soft"]
 
 
 class RMSNorm(nn.Module):
@@ -135,7 +137,9 @@ class MMaDAModel(nn.Module):
         """Recompute each block in the backward pass (training memory for compute)."""
 
     # ---- inputs ---------------------------------------------------------------------------------
-    def _check_inputs(self, input_ids: Tensor, attention_mask: Tensor | None) -> Tensor | None:
+    def _check_inputs(
+        self, input_ids: Tensor, attention_mask: Tensor | None, padding: Padding = "hide"
+    ) -> Tensor | None:
         if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
             shape = tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids).__name__
             raise ValueError(f"input_ids must be a (batch, length) tensor, got {shape}")
@@ -157,14 +161,25 @@ class MMaDAModel(nn.Module):
         mask = attention_mask.to(device=input_ids.device, dtype=torch.bool)
         if bool(mask.all()):
             return None  # nothing to hide: take SDPA's fastest path
+        if padding == "soft":
+            # The official training passes the pairwise mask m_i * m_j as a *float* bias, which SDPA
+            # adds (+1 real pairs, +0 otherwise) instead of hiding pads. Up to a per-row constant that
+            # is -1 on padded keys for real queries and 0 for padded queries (see `padding`).
+            m = mask.to(self.dtype)
+            return (-(1 - m)[:, None, None, :] * m[:, None, :, None]).contiguous()  # (B, 1, L, L)
+        if padding != "hide":
+            raise ValueError(f"padding must be 'hide' or 'soft', got {padding!r}")
         empty = (~mask.any(dim=1)).nonzero()
         if empty.numel():
             raise ValueError(f"attention_mask row {int(empty[0, 0])} has no real token (all zeros)")
         return mask[:, None, None, :]  # (B, 1, 1, L): hide padded keys from every query
 
     # ---- forward --------------------------------------------------------------------------------
-    def _trunk(self, input_ids: Tensor, attention_mask: Tensor | None, keep: list[Tensor] | None = None) -> Tensor:
-        key_mask = self._check_inputs(input_ids, attention_mask)
+    def _trunk(
+        self, input_ids: Tensor, attention_mask: Tensor | None, keep: list[Tensor] | None = None,
+        padding: Padding = "hide",
+    ) -> Tensor:
+        key_mask = self._check_inputs(input_ids, attention_mask, padding)
         L = input_ids.shape[1]
         rope = rope_tables(torch.arange(L, device=input_ids.device), self.config.head_dim, self.config.rope_theta)
         x = self.embed(input_ids)  # (B, L, d)
@@ -178,7 +193,12 @@ class MMaDAModel(nn.Module):
         return self.norm(x)
 
     def forward(
-        self, input_ids: Tensor, attention_mask: Tensor | None = None, *, positions: Positions = None
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        *,
+        positions: Positions = None,
+        padding: Padding = "hide",
     ) -> Tensor:
         """Logits for every position, or only for the ones asked.
 
@@ -188,8 +208,13 @@ class MMaDAModel(nn.Module):
             positions: None -> logits (B, L, V); a `slice` of sequence positions -> (B, len, V);
                 a (B, L) bool tensor -> (N, V) at the True entries in row-major order;
                 a (B, K) int64 tensor of per-row indices -> (B, K, V).
+            padding: "hide" (default) hides padded keys from every query. "soft" reproduces how the
+                official *training* code treated padding: padded keys stay visible with their score
+                lowered by 1 for real queries (a float 0/1 mask added as a bias), and padded queries
+                see everything. Use it to fine-tune released checkpoints exactly as they were trained;
+                it builds a (B, 1, L, L) bias, so it is for training batches, not long-context sampling.
         """
-        h = self._trunk(input_ids, attention_mask)  # (B, L, d)
+        h = self._trunk(input_ids, attention_mask, padding=padding)  # (B, L, d)
         return self.project(select_positions(h, positions))
 
     def project(self, h: Tensor) -> Tensor:

@@ -1,0 +1,1 @@
+"""Training: objectives, the trainer, checkpoints, distributed helpers."""

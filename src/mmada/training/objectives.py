@@ -1,0 +1,171 @@
+"""Training objectives: a batch of layouts in, a `LossOutput` out.
+
+`MaskedDiffusionObjective` is MMaDA's unified objective (§2.1-2.2): every task is masked-token
+prediction; the per-task noising and normalisation follow the official stages (MMADA.md §2.1), and
+the total is the coefficient-weighted sum `t2i_coeff * L_t2i + lm_coeff * L_lm + mmu_coeff * L_mmu`.
+Pretraining (stages 1.x) and mixed long-CoT SFT (2.x) are the same objective with different data and
+coefficients: in SFT the prompt is simply not maskable (`prompt_mask`), for text and understanding
+alike, so the `<think>…</think>` answer is what the model learns.
+
+A batch is a mapping task name -> `TokenLayout` (`t2i`, `lm`, `lm_chat`, `mmu`, `r2i`). Rows of the same
+length are run in one forward pass, as the official code concatenates t2i | lm | mmu rows; the logits
+are computed only at the positions a loss reads.
+
+Official quirks reproduced by default (each can be turned off in `ObjectiveConfig`):
+* `padding="soft"`: the released models were trained with padding visible to attention (a float
+  0/1 mask added as a bias); "hide" masks padding out properly.
+* `t2i_include_delimiters=True`: the t2i mean also covers the visible `<|soi|>`/`<|eoi|>` positions.
+* EOS padding of text rows is part of the answer and a target (LLaDA convention; Gen-Verse/MMaDA #61).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import torch
+from torch import Tensor
+
+from ..diffusion.losses import LossOutput, Normalize, diffusion_text_loss, image_token_loss
+from ..diffusion.masking import TEXT_EPS, MaskedBatch, mask_image, mask_text
+from ..model.transformer import MMaDAModel
+from ..prompting import TokenLayout
+
+TEXT_TASKS = ("lm", "lm_chat", "mmu")
+IMAGE_TASKS = ("t2i",)
+TASKS = (*IMAGE_TASKS, *TEXT_TASKS, "r2i")
+
+
+class Objective(Protocol):
+    def __call__(
+        self, model: MMaDAModel, batch: Mapping[str, TokenLayout], generator: torch.Generator | None = None
+    ) -> LossOutput: ...
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """Coefficients and normalisation of the unified objective (defaults: stage 1.1 of the 8B run)."""
+
+    t2i_coeff: float = 1.0
+    """Weight of the image loss."""
+    lm_coeff: float = 0.1
+    """Weight of the text loss (lm and lm_chat rows)."""
+    mmu_coeff: float = 1.0
+    """Weight of the understanding loss."""
+    lm_normalize: Normalize = "tokens"
+    """Pretraining text: "tokens" = sum / (B * L) (stages 1.1/1.2), "answer_length" per row (2.2)."""
+    chat_normalize: Normalize = "answer_length"
+    """lm_chat, mmu and r2i text: per-row answer length, EOS padding included (stage 1.3+)."""
+    eps: float = TEXT_EPS
+    """Minimum text masking probability: p_mask = (1 - eps) t + eps."""
+    t2i_schedule: str = "cosine"
+    """Image mask-ratio schedule (shared with the sampler)."""
+    min_masking_rate: float = 0.0
+    """Lower clip of the image mask ratio."""
+    t2i_include_delimiters: bool = True
+    """Official quirk: `<|soi|>` and `<|eoi|>` enter the t2i mean as (visible) targets."""
+    padding: Literal["soft", "hide"] = "soft"
+    """Official quirk "soft": padding visible to attention during training; "hide" masks it."""
+
+    def __post_init__(self) -> None:
+        for name in ("t2i_coeff", "lm_coeff", "mmu_coeff"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}")
+        if self.padding not in ("soft", "hide"):
+            raise ValueError(f"`padding` must be 'soft' or 'hide', got {self.padding!r}")
+
+
+@dataclass(frozen=True)
+class NoisedTask:
+    """One task's rows after the forward process."""
+
+    task: str
+    layout: TokenLayout
+    """The clean rows (targets are `layout.input_ids`)."""
+    masked: MaskedBatch
+    """The noised inputs and each row's masking probability."""
+    loss_positions: Tensor
+    """(B, L) bool: where this task's loss reads logits (masked tokens, plus the t2i delimiters quirk)."""
+
+
+class MaskedDiffusionObjective:
+    """MMaDA's unified masked-token objective over a mixed batch."""
+
+    def __init__(self, config: ObjectiveConfig | None = None) -> None:
+        self.config = config or ObjectiveConfig()
+
+    def noise(self, task: str, layout: TokenLayout, mask_id: int, generator: torch.Generator | None) -> NoisedTask:
+        """Apply the task's forward process to a layout."""
+        cfg, ids = self.config, layout.input_ids
+        if task in IMAGE_TASKS:
+            image = layout.spans.image.mask(layout.seq_len)
+            masked = mask_image(ids, image, mask_id=mask_id, schedule=cfg.t2i_schedule,
+                                min_ratio=cfg.min_masking_rate, generator=generator)
+            positions = masked.is_masked
+            if cfg.t2i_include_delimiters:
+                rows = torch.arange(layout.batch_size, device=ids.device)
+                positions = positions.clone()
+                positions[rows, layout.spans.image.start - 1] = True  # <|soi|>
+                positions[rows, layout.spans.image.stop] = True  # <|eoi|>
+            return NoisedTask(task, layout, masked, positions)
+        if task in (*TEXT_TASKS, "r2i"):
+            # r2i: the <think> text and the image are the jointly masked response (text rule for both)
+            masked = mask_text(ids, ~layout.prompt_mask, mask_id=mask_id, eps=cfg.eps, generator=generator)
+            return NoisedTask(task, layout, masked, masked.is_masked)
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+
+    def __call__(
+        self, model: MMaDAModel, batch: Mapping[str, TokenLayout], generator: torch.Generator | None = None
+    ) -> LossOutput:
+        if not batch:
+            raise ValueError("empty batch: no task has rows")
+        mask_id = model.config.mask_token_id
+        device = next(model.parameters()).device
+        return self.loss(model, [self.noise(task, lay.to(device), mask_id, generator) for task, lay in batch.items()])
+
+    def loss(self, model: MMaDAModel, noised: list[NoisedTask]) -> LossOutput:
+        """The weighted loss of already-noised tasks (one forward pass per sequence length)."""
+        losses: dict[str, Tensor] = {}
+        num_tokens = 0
+        for group in _by_length(noised):
+            logits = self._forward(model, group)  # (N, V) over the group's loss positions, row-major
+            start = 0
+            for item in group:
+                n = int(item.loss_positions.sum())
+                losses[item.task] = self._task_loss(item, logits[start : start + n])
+                start += n
+                num_tokens += n
+        weights = {"t2i": self.config.t2i_coeff, "lm": self.config.lm_coeff, "lm_chat": self.config.lm_coeff,
+                   "mmu": self.config.mmu_coeff, "r2i": self.config.t2i_coeff}
+        total = sum(weights[task] * loss for task, loss in losses.items())
+        return LossOutput(total=total, per_task=losses, num_tokens=num_tokens)  # type: ignore[arg-type]
+
+    def _forward(self, model: MMaDAModel, group: list[NoisedTask]) -> Tensor:
+        ids = torch.cat([item.masked.noisy for item in group])
+        mask = torch.cat([item.layout.attention_mask for item in group])
+        positions = torch.cat([item.loss_positions for item in group])
+        return model(ids, mask, positions=positions, padding=self.config.padding)
+
+    def _task_loss(self, item: NoisedTask, logits: Tensor) -> Tensor:
+        layout, masked, pos = item.layout, item.masked, item.loss_positions
+        targets = layout.input_ids[pos]  # the clean tokens
+        if item.task in IMAGE_TASKS:
+            return image_token_loss(logits, targets)
+        rows = pos.nonzero()[:, 0]
+        p = masked.p_mask.expand_as(pos)[pos]
+        if item.task == "lm" and self.config.lm_normalize == "tokens":
+            return diffusion_text_loss(logits, targets, p, rows, batch_size=layout.batch_size, normalize="tokens",
+                                       seq_len=layout.seq_len)
+        answer_lengths = (~layout.prompt_mask).sum(dim=1)
+        normalize = self.config.lm_normalize if item.task == "lm" else self.config.chat_normalize
+        return diffusion_text_loss(logits, targets, p, rows, batch_size=layout.batch_size, normalize=normalize,
+                                   seq_len=layout.seq_len, answer_lengths=answer_lengths)
+
+
+def _by_length(items: list[NoisedTask]) -> list[list[NoisedTask]]:
+    """Group tasks whose rows share a length, so each group is one forward pass."""
+    groups: dict[int, list[NoisedTask]] = {}
+    for item in items:
+        groups.setdefault(item.layout.seq_len, []).append(item)
+    return list(groups.values())
