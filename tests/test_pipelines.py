@@ -116,3 +116,16 @@ def test_region_forms_agree():
 def test_bad_requests_are_refused(pipe, call, message):
     with pytest.raises(ValueError, match=message):
         call(pipe)
+
+
+def test_batched_calls_equal_calls_one_by_one(pipe):
+    settings = dict(gen_length=16, steps=8, block_length=8, temperature=0, early_stop=False)
+    questions = ["What is two plus three?", "Name a color."]
+    batched = pipe.generate_batch(questions, **settings)
+    assert [r.tokens.tolist() for r in batched] == [pipe.generate(q, **settings).tokens.tolist() for q in questions]
+    codes = [torch.arange(16) * 3 % 128, torch.arange(16) * 5 % 128]
+    batched = pipe.understand_batch(codes, ["one", "another question"], **settings)
+    alone = [pipe.understand(c, q, **settings) for c, q in zip(codes, ["one", "another question"])]
+    assert [r.tokens.tolist() for r in batched] == [r.tokens.tolist() for r in alone]
+    with pytest.raises(ValueError, match="2 images but 1 questions"):
+        pipe.understand_batch(codes, ["one"])

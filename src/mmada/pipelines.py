@@ -267,8 +267,29 @@ class MMaDAPipeline:
         return sorted({self.vocab.eos_id, self.vocab.eot_id})
 
     def _finish(self, steps: Iterator[TextStep]) -> TextResult:
+        return self._finish_all(steps)[0]
+
+    def _finish_all(self, steps: Iterator[TextStep]) -> list[TextResult]:
         last = last_step(steps)
-        return self.decode_answer(last.step.tokens[0, last.prompt_length :])
+        return [self.decode_answer(row[last.prompt_length :]) for row in last.step.tokens]
+
+    # ---- batches (evaluation, serving) ----------------------------------------------------------
+    def generate_batch(self, prompts: Sequence[str], *, thinking: bool = False,
+                       generator: torch.Generator | None = None, **sampling: Any) -> list[TextResult]:
+        """Answer several prompts in one left-padded batch (each row as if sampled alone)."""
+        ids = [encode_chat(self.tokenizer, [{"role": "user", "content": p}], thinking=thinking) for p in prompts]
+        layout = build_text_gen_batch(ids, vocab=self.vocab)
+        return self._finish_all(self._iter_text(layout.input_ids, layout.attention_mask, generator, sampling))
+
+    def understand_batch(self, images: Sequence[Any], questions: Sequence[str], *, thinking: bool = False,
+                         generator: torch.Generator | None = None, **sampling: Any) -> list[TextResult]:
+        """Answer one question per image in one batch."""
+        if len(images) != len(questions):
+            raise ValueError(f"got {len(images)} images but {len(questions)} questions")
+        codes = torch.cat([self.encode_image(image) for image in images])  # (B, N)
+        prompts = [encode_chat(self.tokenizer, [{"role": "user", "content": q}], thinking=thinking) for q in questions]
+        layout = build_mmu_gen_batch(self.vocab.image_ids(codes), prompts, vocab=self.vocab)
+        return self._finish_all(self._iter_text(layout.input_ids, layout.attention_mask, generator, sampling))
 
     def decode_answer(self, generated: Tensor) -> TextResult:
         """Cut generated ids at the first EOS / `<|eot_id|>` and split off the reasoning."""
