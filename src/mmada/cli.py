@@ -245,6 +245,25 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Score a model on the tiny world's fixed evaluation suite."""
+    from .evaluation.world import WorldEvalConfig, evaluate_world, results_to_markdown, save_results
+
+    pipe = _pipeline(args)
+    text = {"temperature": 0.0}
+    config = WorldEvalConfig(
+        tasks=tuple(args.tasks.split(",")) if args.tasks else WorldEvalConfig.tasks,
+        per_group=args.per_group, limit=args.limit, batch_size=args.batch_size, thinking=args.thinking,
+        text=text, short=text, seed=args.seed or 0,
+    )
+    results = evaluate_world(pipe, config, progress=not args.quiet)
+    print(results_to_markdown(results))
+    if args.output is not None:
+        save_results(results, str(args.output))
+        print(f"wrote {args.output}")
+    return 0
+
+
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint folder or hub id (default: {DEFAULT_MODEL})")
@@ -302,6 +321,17 @@ def _add_generation_commands(sub: Any) -> None:
     _add_model_flags(p)
     _add_dataclass_flags(p, ImageSampling, "image sampling")
     p.set_defaults(func=cmd_inpaint)
+
+    p = sub.add_parser("eval", help="score a model on the tiny world's evaluation suite")
+    p.add_argument("--tasks", default=None, help="comma-separated subset of arithmetic,vqa,t2i,digit_t2i,"
+                   "digit_recognition (default: all)")
+    p.add_argument("--per-group", type=int, default=50, help="examples per group (default: 50)")
+    p.add_argument("--limit", type=int, default=None, help="keep only this many per group (quick checks)")
+    p.add_argument("--batch-size", type=int, default=32, help="prompts per sampler call (default: 32)")
+    p.add_argument("--thinking", action="store_true", help="ask reasoning questions in thinking mode")
+    p.add_argument("-o", "--output", type=Path, default=None, help="write the results as JSON")
+    _add_model_flags(p)
+    p.set_defaults(func=cmd_eval)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,1 @@
+"""Evaluation: scoring pipelines with shared judges (`world` for the tiny world's suite)."""
