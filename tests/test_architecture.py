@@ -11,10 +11,10 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "mmada"
 
 # Lower layers never import higher ones. Same-layer imports are allowed.
 LAYERS = {
-    "utils": 0, "world": 0,
+    "utils": 0,
     "model": 1, "image_tokenizer": 1,
     "checkpoint": 2, "prompting": 2,
-    "diffusion": 3,
+    "diffusion": 3, "world": 3,
     "sampling": 4,
     "pipelines": 5,
     "training": 6, "evaluation": 6, "rewards": 6,

@@ -334,6 +334,46 @@ def _add_generation_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_eval)
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train, or resume, the run a YAML config describes; SIGTERM / Ctrl-C checkpoint and stop cleanly."""
+    from .training.config import load_config
+    from .training.trainer import run_training
+    from .utils.device import seed_everything
+
+    # the bar first, so that a `log.progress=false` of the user's still wins
+    overrides = [*([] if args.quiet else ["log.progress=true"]), *args.overrides]
+    if args.out is not None:
+        overrides.append(f"log.run_dir={args.out}")
+    config = load_config([args.config], overrides)
+    seed_everything(config.seed)  # the random initialisation of a preset; everything else has its own generator
+    result = run_training(config, resume=args.resume)
+    if result.stopped_by is not None:
+        print(f"stopped at step {result.step}; continue with: mmada train {args.config} ... --resume "
+              f"(checkpoint {result.checkpoint})", file=sys.stderr)
+    return result.exit_code
+
+
+def _add_train_command(sub: Any) -> None:
+    from .training.config import TrainConfig
+
+    sections = [f for f in dataclasses.fields(TrainConfig) if dataclasses.is_dataclass(f.default_factory)]
+    lines = ["config keys (section.key=value; see src/mmada/training/config.py):"]
+    for section in sections:
+        defaults = section.default_factory()  # type: ignore[misc]
+        for name, doc in _field_docs(type(defaults)).items():
+            lines.append(f"  {section.name + '.' + name:<30} {doc} [{getattr(defaults, name)!r}]")
+    lines += [f"  {'data.*':<30} The data source spec (src/mmada/training/data.py).",
+              f"  {'seed, device':<30} Top-level keys [10086, 'auto']."]
+    p = sub.add_parser("train", help="train or resume a run from a YAML config", epilog="\n".join(lines),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", type=Path, help="YAML file, e.g. configs/train/tiny_pretrain.yaml")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. optim.lr=3e-4 batch.grad_accum=8")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    p.add_argument("--out", default=None, help="run folder (overrides log.run_dir)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
+    p.set_defaults(func=cmd_train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmada", description="Multimodal large diffusion language models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -350,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing .safetensors files")
     p.set_defaults(func=cmd_convert)
     _add_generation_commands(sub)
+    _add_train_command(sub)
     return parser
 
 

@@ -1,0 +1,508 @@
+"""Training configuration: typed, frozen, documented sections; YAML files and `key=value` only override.
+
+One `TrainConfig` describes a run:
+
+    model       ModelSection       what to train (a preset or a checkpoint), tokenizers, precision
+    optim       OptimConfig        AdamW and gradient clipping
+    schedule    ScheduleConfig     warmup, then cosine / linear / constant
+    batch       BatchConfig        gradient accumulation
+    objective   ObjectiveConfig    the masked-diffusion loss (`training.objectives`)
+    log         LogConfig          run folder, metrics sinks, preview / evaluation cadence
+    checkpoint  CheckpointConfig   checkpoint cadence and retention
+    data        dict               the data source spec (sources, rows per task), for `training.data.build_source`
+    seed, device
+
+The defaults are the settings every official MMaDA-8B stage shares (MMADA.md §2.3; Gen-Verse/MMaDA
+configs/mmada_pretraining_stage*.yaml): AdamW betas (0.9, 0.999), weight decay 0.01, eps 1e-8, cosine
+schedule with 5000 warmup steps, gradient clipping at 1.0, bf16 autocast, seed 10086, and the
+numbers of stage 1.1 (lr 1e-4, coefficients 1.0 / 0.1 / 1.0). A stage is a YAML file that overrides
+some of them (`configs/train/`), and the command line overrides the file:
+
+    load_config(["configs/train/stage1_2.yaml"], ["optim.lr=3e-5", "batch.grad_accum=8"])
+
+Values are converted from the field types (YAML's "1e-4" string becomes a float), unknown keys are
+refused with the list of valid ones, and invalid values are refused naming the key (`optim.lr`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+from ..model.config import ModelConfig
+from ..utils.device import resolve_dtype
+from .objectives import ObjectiveConfig
+
+PRESETS = ("tiny", "mmada_8b")
+"""`model.init` values that build a randomly initialised model from a `ModelConfig` preset."""
+
+
+def _positive(value: float, name: str, *, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"`{name}` must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """What to train and in which precision."""
+
+    init: str = "tiny"
+    """A preset (`tiny`, `mmada_8b`: random initialisation), a checkpoint folder or hub id in the release
+    format, or a run folder of this trainer (its latest checkpoint's model)."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """`ModelConfig` fields replaced in a preset (e.g. `vocab_size` to fit the tokenizer); presets only."""
+    init_std: float = 0.02
+    """Standard deviation of the random initialisation of a preset (`MMaDAModel.reset_parameters`)."""
+    tokenizer: str | None = None
+    """Text tokenizer folder (tokenizer.json); None = the `init` checkpoint folder."""
+    image_tokenizer: str | None = None
+    """MAGVIT-v2 folder or hub id (frozen; used by the data source and image previews); None = none."""
+    dtype: str = "float32"
+    """Storage dtype of the trained weights and optimizer state (float32 master weights, as the official
+    runs under accelerate's bf16 mixed precision)."""
+    mixed_precision: Literal["auto", "bf16", "none"] = "auto"
+    """bf16 autocast of the forward pass: "auto" = on where the device supports it, never on CPU."""
+    gradient_checkpointing: bool = False
+    """Recompute each block in the backward pass (the official stages turn it on)."""
+    fsdp: bool = True
+    """Multi-process runs: shard parameters, gradients and optimizer state over the ranks (FSDP2, ZeRO-3);
+    False replicates them (data parallel)."""
+
+    def __post_init__(self) -> None:
+        if not self.init:
+            raise ValueError("`init` must name a preset, a checkpoint or a run folder")
+        if self.overrides and self.init not in PRESETS:
+            raise ValueError(f"`overrides` only apply to a preset ({', '.join(PRESETS)}); a checkpoint's "
+                             f"config.json fixes its architecture (init is {self.init!r})")
+        valid = {f.name for f in fields(ModelConfig)} - {"extra"}
+        unknown = sorted(set(self.overrides) - valid)
+        if unknown:
+            raise ValueError(f"`overrides` has unknown ModelConfig field {unknown[0]!r}; "
+                             f"valid: {', '.join(sorted(valid))}")
+        _positive(self.init_std, "init_std")
+        try:
+            resolve_dtype(self.dtype)
+        except ValueError as err:
+            raise ValueError(f"`dtype`: {err}") from None
+        if self.mixed_precision not in ("auto", "bf16", "none"):
+            raise ValueError(f"`mixed_precision` must be 'auto', 'bf16' or 'none', got {self.mixed_precision!r}")
+
+    def model_config(self) -> ModelConfig:
+        """The preset's `ModelConfig` with `overrides` applied (presets only)."""
+        if self.init not in PRESETS:
+            raise ValueError(f"`init` {self.init!r} is not a preset ({', '.join(PRESETS)})")
+        return dataclasses.replace(getattr(ModelConfig, self.init)(), **self.overrides)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with the official no-decay rule, and gradient clipping."""
+
+    lr: float = 1e-4
+    """Peak learning rate (stage 1.1: 1e-4; later stages 5e-5)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW (beta1, beta2)."""
+    weight_decay: float = 0.01
+    """Decoupled weight decay of the matrices (none on biases, norms and embeddings)."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this; 0 disables clipping (the norm is still logged)."""
+    no_decay: tuple[str, ...] = ("bias", "norm", "embed")
+    """Parameters whose name contains one of these get no weight decay (see `optim.param_groups`)."""
+
+    def __post_init__(self) -> None:
+        _positive(self.lr, "lr")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"`betas` must be two numbers in [0, 1), got {self.betas}")
+        _positive(self.weight_decay, "weight_decay", allow_zero=True)
+        _positive(self.eps, "eps")
+        _positive(self.max_grad_norm, "max_grad_norm", allow_zero=True)
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Learning-rate schedule, as a multiple of `optim.lr` per optimizer step."""
+
+    kind: Literal["cosine", "linear", "constant"] = "cosine"
+    """Shape after the warmup: half-cosine or linear decay to `min_lr_scale`, or constant."""
+    warmup_steps: int = 5000
+    """Linear warmup from 0 to the peak over this many optimizer steps."""
+    max_steps: int = 500_000
+    """Optimizer steps of the run; the decay ends here (stage 1.1: 500K; 1.2 and later: 1M)."""
+    min_lr_scale: float = 0.0
+    """Final learning rate as a fraction of the peak (stages 1.2 and later: 0.1)."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("cosine", "linear", "constant"):
+            raise ValueError(f"`kind` must be 'cosine', 'linear' or 'constant', got {self.kind!r}")
+        _positive(self.max_steps, "max_steps")
+        _positive(self.warmup_steps, "warmup_steps", allow_zero=True)
+        if self.warmup_steps > self.max_steps:
+            raise ValueError(f"`warmup_steps` ({self.warmup_steps}) must be <= `max_steps` ({self.max_steps})")
+        if not 0 <= self.min_lr_scale <= 1:
+            raise ValueError(f"`min_lr_scale` must be in [0, 1], got {self.min_lr_scale}")
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """How many micro-batches one optimizer step sees. The rows per task of a micro-batch are set next to
+    each task's source, in the data section (`data.tasks.<task>.batch_size`; stage 1.1: t2i 7, lm 2, mmu 6)."""
+
+    grad_accum: int = 2
+    """Micro-batches accumulated per optimizer step (stages 1.1-1.2: 2; 1.3 and later: 4)."""
+
+    def __post_init__(self) -> None:
+        _positive(self.grad_accum, "grad_accum")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Where the run lives and what it reports."""
+
+    run_dir: str = "runs/mmada"
+    """Run folder: checkpoints, metrics.jsonl, config.yaml, previews/ (`mmada train --out` sets it)."""
+    log_every: int = 50
+    """Optimizer steps between metric records (metrics.jsonl is always written)."""
+    progress: bool = False
+    """Show a tqdm bar with the loss and tokens/s (the CLI turns it on)."""
+    tensorboard: bool = False
+    """Also write TensorBoard events to run_dir/tensorboard (needs the `tensorboard` package)."""
+    wandb: bool = False
+    """Also log to Weights & Biases (needs `wandb`; never required)."""
+    wandb_project: str = "mmada"
+    """W&B project name."""
+    preview_every: int = 0
+    """Optimizer steps between previews (text answers and images in run_dir/previews/); 0 = never."""
+    preview_prompts: tuple[str, ...] = ("What is 12 + 30?",)
+    """Questions the default preview answers."""
+    preview_captions: tuple[str, ...] = ("a red circle",)
+    """Captions the default preview draws (when an image tokenizer is configured)."""
+    preview_max_text_len: int = 64
+    """Text part of the preview's t2i prompts (`max_text_len`)."""
+    sample_gen_length: int = 64
+    """Tokens the default preview and evaluation generate per answer (one block, one token per step)."""
+    eval_every: int = 0
+    """Optimizer steps between evaluations (default: the tiny world's suite and judges); 0 = never."""
+    eval_tasks: tuple[str, ...] = ("arithmetic", "vqa", "t2i", "digit_t2i", "digit_recognition")
+    """Tasks of the default evaluation (`evaluation.world.TASKS`)."""
+    eval_limit: int = 4
+    """Examples per group of the default evaluation (a quick signal; `mmada eval` runs the full suite)."""
+
+    def __post_init__(self) -> None:
+        if not self.run_dir:
+            raise ValueError("`run_dir` must be a folder path")
+        _positive(self.log_every, "log_every")
+        for name in ("preview_every", "eval_every"):
+            _positive(getattr(self, name), name, allow_zero=True)
+        _positive(self.preview_max_text_len, "preview_max_text_len")
+        _positive(self.sample_gen_length, "sample_gen_length")
+        _positive(self.eval_limit, "eval_limit")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """When checkpoints are written and how many are kept."""
+
+    every: int = 10_000
+    """Optimizer steps between checkpoints (a final one and one on SIGTERM/SIGINT are always written);
+    0 = only those."""
+    keep_last: int = 3
+    """Complete checkpoints kept; older ones are deleted after a newer one is committed."""
+
+    def __post_init__(self) -> None:
+        _positive(self.every, "every", allow_zero=True)
+        _positive(self.keep_last, "keep_last")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A whole training run."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    data: dict[str, Any] = field(default_factory=dict)
+    """The data source spec (`training.data.build_source`); free-form, checked by the data source."""
+    seed: int = 10086
+    """Seeds the model initialisation (entry point), the masking generator and the data order."""
+    device: str = "auto"
+    """cpu, cuda, mps, or auto (the best available); a multi-process run uses its local device."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (tuples as lists), the inverse of `config_from_dict`."""
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# ---- loading ----------------------------------------------------------------------------------------
+_NULLS = ("null", "none", "~", "")
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def load_config(paths: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> TrainConfig:
+    """Defaults <- each YAML file in order (nested sections, deep-merged) <- `key.sub=value` overrides."""
+    raw: dict[str, Any] = {}
+    for path in paths:
+        _deep_merge(raw, read_yaml(path))
+    for item in overrides:
+        apply_override(raw, item)
+    return config_from_dict(raw)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    import yaml  # optional at import time: only loading files needs it
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise ValueError(f"config file {path} not found") from err
+    except yaml.YAMLError as err:
+        raise ValueError(f"config file {path} is not valid YAML: {err}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def config_from_dict(raw: Mapping[str, Any]) -> TrainConfig:
+    """Build a `TrainConfig` from nested mappings, converting values to the field types."""
+    return _build(TrainConfig, raw, "")
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one `section.key=value` to the nested dict `raw`, checking the key against the schema.
+
+    Typed fields keep the string (converted later from the field type); keys inside free-form mappings
+    (`data.*`, `model.overrides.*`) are parsed as YAML scalars (`4` -> 4, `null` -> None).
+    """
+    key, sep, value = item.partition("=")
+    path = key.strip().split(".")
+    if not sep or not all(path):
+        raise ValueError(f"override {item!r} must look like section.key=value (e.g. optim.lr=3e-4)")
+    cls: Any = TrainConfig
+    for depth, part in enumerate(path):
+        hints = get_type_hints(cls)
+        if part not in hints:
+            raise _unknown_key(cls, ".".join(path[: depth + 1]))
+        tp = hints[part]
+        if dataclasses.is_dataclass(tp):
+            cls = tp
+            continue
+        if _is_mapping(tp) or tp is Any or _is_sequence(tp):
+            value = _yaml_scalar(value)  # free-form or structured: parse, then the field type checks it
+        elif depth < len(path) - 1:
+            raise ValueError(f"`{'.'.join(path[: depth + 1])}` is a value, not a section (override {item!r})")
+        break
+    else:
+        raise ValueError(f"`{key}` is a section; override one of its keys (e.g. {key}.{fields(cls)[0].name}=...)")
+    node = raw
+    for part in path[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[path[-1]] = value
+
+
+def _yaml_scalar(text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _deep_merge(base: dict[str, Any], new: Mapping[str, Any]) -> None:
+    for key, value in new.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = dict(value) if isinstance(value, Mapping) else value
+
+
+def _unknown_key(cls: Any, key: str) -> ValueError:
+    where = f" of `{key.rpartition('.')[0]}`" if "." in key else ""
+    valid = ", ".join(f.name for f in fields(cls))
+    return ValueError(f"unknown config key `{key}`; valid keys{where}: {valid}")
+
+
+def _build(cls: Any, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"`{prefix or 'config'}` must be a mapping of keys, got {raw!r}")
+    hints = get_type_hints(cls)
+    defaults = {f.name: f.default_factory() for f in fields(cls) if f.default_factory is not dataclasses.MISSING}
+    kwargs = {}
+    for name, value in raw.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if name not in hints:
+            raise _unknown_key(cls, key)
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, key)
+            continue
+        kwargs[name] = _coerce(value, tp, key)
+        if _is_mapping(tp) and isinstance(defaults.get(name), dict):
+            kwargs[name] = {**defaults[name], **kwargs[name]}  # a mapping overrides the default's keys
+    try:
+        return cls(**kwargs)
+    except ValueError as err:
+        if not prefix:
+            raise
+        # Section validators name their own fields (`lr`); qualify them with the section (`optim.lr`).
+        names = set(hints)
+        message = re.sub(r"`(\w+)", lambda m: f"`{prefix}.{m.group(1)}" if m.group(1) in names else m.group(0),
+                         str(err))
+        raise ValueError(message) from None
+
+
+def _is_mapping(tp: Any) -> bool:
+    return tp is dict or get_origin(tp) is dict
+
+
+def _is_sequence(tp: Any) -> bool:
+    return get_origin(tp) in (tuple, list)
+
+
+def _type_name(tp: Any) -> str:
+    return tp.__name__ if get_origin(tp) is None and hasattr(tp, "__name__") else str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """`value` (from YAML, or a command-line string) as type `tp`; ValueError naming `key` otherwise."""
+    origin, args = get_origin(tp), get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in _NULLS)):
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0] if len(inner) == 1 else Any, key)
+    if origin is Literal:
+        if value not in args:
+            raise ValueError(f"`{key}` must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
+            return value.lower() in _TRUE
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and re.fullmatch(r"[+-]?\d[\d_]*", value.strip()):
+            return int(value)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif origin in (tuple, list):
+        return _coerce_sequence(value, tp, key)
+    elif _is_mapping(tp):
+        value = _yaml_scalar(value) if isinstance(value, str) else value
+        if isinstance(value, Mapping):
+            kt, vt = args or (Any, Any)
+            return {_coerce(k, kt, key): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
+    raise ValueError(f"`{key}` expects {_type_name(tp)}, got {value!r}")
+
+
+def _coerce_sequence(value: Any, tp: Any, key: str) -> Any:
+    args = get_args(tp)
+    if isinstance(value, str):
+        parsed = _yaml_scalar(value)
+        value = parsed if isinstance(parsed, list) else [v.strip() for v in value.split(",")] if value else []
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"`{key}` expects {_type_name(tp)}, got {value!r}")
+    if get_origin(tp) is list or (len(args) == 2 and args[1] is Ellipsis):
+        items = [_coerce(v, args[0] if args else Any, key) for v in value]
+    else:
+        if len(value) != len(args):
+            raise ValueError(f"`{key}` expects {len(args)} values ({_type_name(tp)}), got {list(value)!r}")
+        items = [_coerce(v, t, key) for v, t in zip(value, args)]
+    return tuple(items) if get_origin(tp) is tuple else items
+
+
+# ---- from a config to objects ------------------------------------------------------------------------
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+@dataclass(frozen=True)
+class Tokenizers:
+    """What `model.tokenizer` / `model.image_tokenizer` resolve to; all None when none is configured."""
+
+    text: Any = None
+    """`TextTokenizer`."""
+    vocab: Any = None
+    """`Vocab` of the tokenizer and the model."""
+    image: Any = None
+    """`MagvitV2`, frozen."""
+    files: tuple[Path, ...] = ()
+    """The text tokenizer's files, copied beside each checkpoint's weights."""
+
+
+def resolve_init(init: str) -> str:
+    """A run folder of this trainer becomes its latest checkpoint's `model/`; anything else is unchanged."""
+    from ..checkpoint.train_state import find_latest
+
+    latest = find_latest(init) if Path(init).is_dir() else None
+    return str(latest / "model") if latest is not None else init
+
+
+def build_model(section: ModelSection, device: Any) -> Any:
+    """The `MMaDAModel` to train, in train mode: a preset initialised at random (from the global RNG, which
+    the entry point seeds), or a checkpoint in the release format."""
+    import torch
+
+    from ..checkpoint.hf import load_model
+    from ..model.transformer import MMaDAModel
+
+    dtype = resolve_dtype(section.dtype)
+    if section.init in PRESETS:
+        with torch.device(device):
+            model = MMaDAModel(section.model_config())
+        model.reset_parameters(section.init_std)
+        model = model.to(dtype)
+    else:
+        model = load_model(resolve_init(section.init), dtype=dtype, device=device)
+    model.gradient_checkpointing = section.gradient_checkpointing
+    return model.train()
+
+
+def load_tokenizers(section: ModelSection, model: Any, device: Any) -> Tokenizers:
+    """The text tokenizer (`tokenizer`, else the `init` checkpoint's), its `Vocab`, and the image tokenizer."""
+    from ..image_tokenizer import load_image_tokenizer
+    from ..pipelines import vocab_for
+    from ..prompting import TextTokenizer
+
+    folder = section.tokenizer or (None if section.init in PRESETS else resolve_init(section.init))
+    if folder is None:
+        return Tokenizers()
+    text = TextTokenizer.from_pretrained(folder)
+    image = load_image_tokenizer(section.image_tokenizer, device=device) if section.image_tokenizer else None
+    files = tuple(Path(folder) / n for n in TOKENIZER_FILES if (Path(folder) / n).is_file())
+    return Tokenizers(text, vocab_for(text, model), image, files)

@@ -1,0 +1,391 @@
+"""The one training loop: micro-batches -> objective -> accumulated gradients -> clipped AdamW step.
+
+MMaDA's five official training scripts (983-1333 lines each) become this loop plus one YAML file per
+stage: the stages differ only in data, batch sizes, coefficients and learning rate (STYLE §5.13).
+One optimizer step (`Trainer.train_step`):
+
+    for each of `grad_accum` micro-batches (task -> TokenLayout) from the data source:
+        out = objective(model, batch, generator)    # bf16 autocast where the device supports it
+        (out.total / grad_accum).backward()         # gradients of the mean, as accelerate computes them
+    clip the global gradient norm; AdamW step; scheduler step; average the logged numbers over processes
+
+SIGTERM / SIGINT finish the current step, write a checkpoint and return; a second signal acts as usual.
+`fit(resume=True)` restores weights, AdamW, scheduler, every RNG and the data cursor, so a stopped run
+continues exactly (bit for bit on CPU) as if it had not stopped. Everything distributed goes through
+`training.distributed` (the only module importing torch.distributed), imported when training starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from ..checkpoint import train_state
+from ..prompting import TokenLayout
+from ..utils.device import default_device
+from .config import LogConfig, Tokenizers, TrainConfig, build_model, load_tokenizers
+from .objectives import TASKS, MaskedDiffusionObjective, Objective
+from .optim import build_optimizer, build_scheduler
+
+logger = logging.getLogger(__name__)
+
+EvalHook = Callable[[nn.Module, int], Mapping[str, float]]
+"""(model, step) -> metrics, logged as `eval/<name>`; called on every process (a sharded model needs all)."""
+PreviewHook = Callable[[nn.Module, int, Path], None]
+"""(model, step, run_dir): write samples under run_dir/previews/; called on every process."""
+
+
+class BatchSource(Protocol):
+    """What the trainer needs from a data source (`training.data.build_source` makes them)."""
+
+    def __iter__(self) -> Iterator[Mapping[str, TokenLayout]]: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
+class MetricsSink(Protocol):
+    def log(self, metrics: Mapping[str, float], step: int) -> None: ...
+    def close(self) -> None: ...
+
+
+class JsonlSink:
+    """run_dir/metrics.jsonl, one `{"step": n, ...}` per line (always on). On resume, the records a stopped run
+    wrote after its last checkpoint are dropped, so the file reads as one uninterrupted run."""
+
+    def __init__(self, path: Path, resume_step: int | None = None) -> None:
+        if resume_step is not None and path.is_file():
+            lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+            path.with_suffix(".tmp").write_text("".join(ln + "\n" for ln in lines if json.loads(ln)["step"]
+                                                        <= resume_step), encoding="utf-8")
+            path.with_suffix(".tmp").replace(path)
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        self._file.write(json.dumps({"step": step, **metrics}) + "\n")  # repr floats: exact round trip
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+@dataclass(frozen=True)
+class CallbackSink:
+    """A `MetricsSink` from two callables (the TensorBoard and W&B adapters)."""
+
+    log: Callable[[Mapping[str, float], int], Any]
+    close: Callable[[], Any]
+
+
+def open_sinks(log: LogConfig, run_dir: Path, config: Mapping[str, Any], resume_step: int | None) -> list[Any]:
+    """jsonl always; TensorBoard and W&B when asked (their packages are imported only then)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    sinks: list[Any] = [JsonlSink(run_dir / "metrics.jsonl", resume_step)]
+    if log.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter  # needs the optional `tensorboard` package
+
+        tb = SummaryWriter(str(run_dir / "tensorboard"))
+        sinks.append(CallbackSink(lambda m, s: [tb.add_scalar(k, v, s) for k, v in m.items()], tb.close))
+    if log.wandb:
+        import wandb  # optional, never required
+
+        run_id = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16]  # the same W&B run on resume
+        run = wandb.init(project=log.wandb_project, dir=str(run_dir), config=dict(config), id=run_id, resume="allow")
+        sinks.append(CallbackSink(lambda m, s: run.log(dict(m), step=s), run.finish))
+    return sinks
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    step: int
+    """Optimizer steps completed."""
+    stopped_by: int | None = None
+    """The signal that stopped the run before its end (signal.SIGTERM / SIGINT), else None."""
+    checkpoint: Path | None = None
+    """The last checkpoint written."""
+
+    @property
+    def exit_code(self) -> int:
+        """0 when finished or stopped by SIGTERM (a clean, resumable stop); 130 = 128 + SIGINT for SIGINT."""
+        return 128 + signal.SIGINT if self.stopped_by == signal.SIGINT else 0
+
+
+class Trainer:
+    """Owns the optimizer, the scheduler, the masking generator and the step counter of one run."""
+
+    def __init__(self, model: nn.Module, objective: Objective, source: BatchSource, config: TrainConfig, *,
+                 ctx: Any = None, evaluate: EvalHook | None = None, preview: PreviewHook | None = None,
+                 sinks: Sequence[MetricsSink] | None = None, assets: tuple[Path, ...] = ()) -> None:
+        self.model, self.objective, self.source, self.config = model, objective, source, config
+        self.dist = _distributed()
+        self.ctx = ctx or self.dist.DistributedContext(rank=0, world_size=1, local_rank=0, backend=None,
+                                                       device=next(model.parameters()).device)
+        self.evaluate, self.preview, self.sinks, self.assets = evaluate, preview, sinks, assets
+        self.run_dir = Path(config.log.run_dir)
+        self.optimizer = build_optimizer(model, config.optim)
+        self.scheduler = build_scheduler(self.optimizer, config.schedule)
+        self.generator = torch.Generator(self.ctx.device).manual_seed(config.seed + self.ctx.rank)
+        self.bf16 = _use_bf16(self.ctx.device, config.model.mixed_precision)
+        self.step, self._saved_step, self._signal = 0, -1, None
+
+    def train_step(self, batches: Iterator[Mapping[str, TokenLayout]]) -> dict[str, float]:
+        """One optimizer step over `batch.grad_accum` micro-batches; returns its metrics (process means)."""
+        accum, device, n = self.config.batch.grad_accum, self.ctx.device, len(TASKS)
+        self.model.train()
+        start = time.perf_counter()
+        # [mean total, per-task loss sums (n), per-task micro-batch counts (n), input tokens]: one all-reduce
+        stats = torch.zeros(2 + 2 * n, device=device)
+        for micro in range(accum):
+            batch = next(batches)
+            # replicated weights: reduce the gradients once, after the last micro-batch (DDP's no_sync); sharded
+            # ones reduce every micro-batch, since holding unsharded gradients would cost a full fp32 copy
+            self.dist.set_gradient_sync(self.model, micro == accum - 1 or self.config.model.fsdp)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                out = self.objective(self.model, batch, self.generator)
+            (out.total / accum).backward()
+            stats[0] += out.total.detach().float() / accum
+            for task, loss in out.per_task.items():
+                stats[1 + TASKS.index(task)] += loss.detach().float()
+                stats[1 + n + TASKS.index(task)] += 1
+            stats[-1] += sum(layout.input_ids.numel() for layout in batch.values())
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate of this update (the scheduler moves it after)
+        grad_norm = float(self.dist.clip_grad_norm(self.model, self.config.optim.max_grad_norm or math.inf))
+        if math.isfinite(grad_norm):
+            self.optimizer.step()
+        else:  # an overflow or a bad batch must not poison the weights: skip this update, keep going
+            logger.warning("step %d: non-finite gradient norm, update skipped", self.step + 1)
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        stats = self.dist.all_reduce_mean(stats, self.ctx).tolist()
+        elapsed = time.perf_counter() - start
+        metrics = {"loss": stats[0]}
+        metrics.update({f"loss/{t}": stats[1 + i] / stats[1 + n + i] for i, t in enumerate(TASKS) if stats[1 + n + i]})
+        tokens = stats[-1] * self.ctx.world_size
+        metrics.update(lr=lr, grad_norm=grad_norm, tokens=tokens, tokens_per_s=tokens / elapsed, step_time_s=elapsed)
+        return metrics
+
+    def fit(self, *, resume: bool = False, max_steps: int | None = None) -> TrainResult:
+        """Train to `schedule.max_steps` (or stop early at `max_steps`, keeping the schedule) or until a
+        signal; the last step is always checkpointed."""
+        if resume:
+            self.resume()
+        end = min(self.config.schedule.max_steps, max_steps or self.config.schedule.max_steps)
+        main = self.ctx.is_main
+        if self.sinks is not None:
+            sinks = list(self.sinks)
+        else:  # metrics are written once, by the main process; a resumed run drops what came after its checkpoint
+            resumed = self.step if resume else None
+            sinks = open_sinks(self.config.log, self.run_dir, self.config.to_dict(), resumed) if main else []
+        from tqdm import tqdm
+
+        bar = tqdm(total=end, initial=self.step, unit="step", disable=not (self.config.log.progress and main))
+        batches = iter(self.source)
+        try:
+            with self._signals():
+                while self.step < end and not self._stop_requested():
+                    metrics = self.train_step(batches)
+                    self.step += 1
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+                    self._after_step(metrics, sinks)
+                stopped = self._signal if self.step < end else None
+                checkpoint = self.save()
+        finally:
+            bar.close()
+            for sink in sinks:
+                sink.close()
+        return TrainResult(self.step, stopped, checkpoint)
+
+    def _after_step(self, metrics: Mapping[str, float], sinks: Sequence[MetricsSink]) -> None:
+        log, step = self.config.log, self.step
+        records = [metrics] if step % log.log_every == 0 else []
+        if self.evaluate is not None and log.eval_every and step % log.eval_every == 0:
+            records.append({f"eval/{k}": float(v) for k, v in self._hook(self.evaluate, step).items()})
+        if self.preview is not None and log.preview_every and step % log.preview_every == 0:
+            self._hook(self.preview, step, self.run_dir)
+        for record in records:
+            for sink in sinks:
+                sink.log(record, step)
+        if self.config.checkpoint.every and step % self.config.checkpoint.every == 0:
+            self.save()
+
+    def _hook(self, hook: Callable[..., Any], *args: Any) -> Any:
+        self.model.eval()
+        with torch.no_grad():
+            return hook(self.model, *args)
+
+    def save(self) -> Path | None:
+        """Checkpoint the current step (at most once per step); returns its folder."""
+        if self._saved_step == self.step:
+            return train_state.find_latest(self.run_dir)
+        path = train_state.save_checkpoint(
+            self.run_dir, self.step, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+            data_state=self.source.state_dict(), config=self.config.to_dict(), generators={"masking": self.generator},
+            keep_last=self.config.checkpoint.keep_last, assets=self.assets, collective=self._collective())
+        self._saved_step = self.step
+        logger.info("step %d: checkpoint %s", self.step, path)
+        return path
+
+    def resume(self) -> bool:
+        """Restore the run folder's latest checkpoint; False (and a fresh start) when there is none."""
+        latest = train_state.find_latest(self.run_dir)
+        if latest is None:
+            logger.warning("no checkpoint in %s: starting from step 0", self.run_dir)
+            return False
+        state = train_state.load_checkpoint(latest, model=self.model, optimizer=self.optimizer,
+                                            scheduler=self.scheduler, generators={"masking": self.generator},
+                                            collective=self._collective())
+        self.source.load_state_dict(state.data_state)
+        self.step = self._saved_step = state.step
+        now = self.config.to_dict()
+        changed = sorted(k for k in set(now) | set(state.config) if now.get(k) != state.config.get(k))
+        if changed:  # allowed (e.g. a longer schedule), but worth a line in the log
+            logger.warning("resuming with a config that differs from the checkpoint's in: %s", ", ".join(changed))
+        logger.info("resumed from %s (step %d)", latest, state.step)
+        return True
+
+    def _collective(self) -> train_state.Collective:
+        d, ctx = self.dist, self.ctx
+        return train_state.Collective(
+            rank=ctx.rank, world_size=ctx.world_size, barrier=lambda: d.barrier(ctx),
+            save_sharded=lambda model, optimizer, path: d.save_sharded(model, optimizer, path, ctx),
+            load_sharded=lambda model, optimizer, path: d.load_sharded(model, optimizer, path, ctx))
+
+    def _stop_requested(self) -> bool:
+        if self.ctx.world_size == 1:
+            return self._signal is not None
+        flag = torch.tensor([float(self._signal is not None)], device=self.ctx.device)
+        return bool(self.dist.all_reduce_mean(flag, self.ctx) > 0)  # stop together, or collectives hang
+
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield  # handlers can only be installed from the main thread
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            self._signal = signum
+            signal.signal(signum, previous[signum])  # a second signal acts as it would without us
+            logger.warning("%s: finishing step %d, then checkpointing", signal.Signals(signum).name, self.step + 1)
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+
+class PipelineHooks:
+    """The default preview and evaluation hooks, both through `MMaDAPipeline`; sampling uses its own fixed
+    generators, so they never move the training RNG.
+
+    `preview` answers `log.preview_prompts` and draws `log.preview_captions` (with an image tokenizer) into
+    run_dir/previews/step-N.txt and step-N-<i>.png. `evaluate` scores the tiny world's evaluation suite with
+    the world's judges (`evaluation.world`; `log.eval_limit` examples per group), as `<task>/<group>`.
+    """
+
+    def __init__(self, tokenizers: Tokenizers, log: LogConfig, write: bool = True) -> None:
+        self.tokenizers, self.log, self.write = tokenizers, log, write
+        n = log.sample_gen_length
+        self.text = {"gen_length": n, "steps": n, "block_length": n}
+
+    def _pipeline(self, model: nn.Module) -> Any:
+        from ..pipelines import MMaDAPipeline, PipelineSettings
+
+        tk = self.tokenizers
+        return MMaDAPipeline(model, tk.text, tk.vocab, tk.image,  # type: ignore[arg-type]
+                             PipelineSettings(max_text_len=self.log.preview_max_text_len))
+
+    def preview(self, model: nn.Module, step: int, run_dir: Path) -> None:
+        pipe = self._pipeline(model)
+        gen = torch.Generator(pipe.device).manual_seed(0)
+        answers = [f"Q: {q}\nA: {pipe.generate(q, generator=gen, **self.text).text}\n"
+                   for q in self.log.preview_prompts]
+        captions = list(self.log.preview_captions) if self.tokenizers.image is not None else []
+        images = pipe.text_to_image(captions, generator=gen) if captions else []
+        if self.write:
+            folder, name = run_dir / "previews", train_state.checkpoint_name(step)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{name}.txt").write_text("\n".join(answers), encoding="utf-8")
+            for i, image in enumerate(images):
+                image.save(folder / f"{name}-{i}.png")
+
+    def evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
+        from ..evaluation.world import WorldEvalConfig, evaluate_world
+
+        greedy = {**self.text, "temperature": 0.0}
+        config = WorldEvalConfig(tasks=self.log.eval_tasks, limit=self.log.eval_limit, text=greedy, short=greedy)
+        results = evaluate_world(self._pipeline(model), config)
+        return {f"{task}/{group}": score for task, groups in results.items() for group, score in groups.items()}
+
+
+def run_training(config: TrainConfig, *, resume: bool = False, model: nn.Module | None = None,
+                 source: BatchSource | None = None, evaluate: EvalHook | None = None,
+                 preview: PreviewHook | None = None, max_steps: int | None = None) -> TrainResult:
+    """Build the run `config` describes and train it. The caller seeds first (`seed_everything`).
+
+    `model` / `source` replace the configured ones (tests, notebooks). Without `resume`, a run folder that
+    already holds checkpoints is refused rather than overwritten.
+    """
+    run_dir = Path(config.log.run_dir)
+    if not resume and (found := train_state.find_latest(run_dir)) is not None:
+        raise ValueError(f"`log.run_dir` {run_dir} already holds checkpoints ({found.name}); pass --resume to "
+                         "continue that run, or choose another --out")
+    dist = _distributed()
+    ctx = dist.init_distributed(device=None if config.device == "auto" else config.device)
+    if ctx.world_size == 1 and config.device == "auto":  # one process picks like the rest of mmada: mps too
+        ctx = dataclasses.replace(ctx, device=default_device())
+    try:
+        model = (model if model is not None else build_model(config.model, ctx.device)).to(ctx.device)
+        tokenizers = load_tokenizers(config.model, model, ctx.device)
+        if source is None:
+            from .data import build_source
+
+            source = build_source(config.data, tokenizer=tokenizers.text, vocab=tokenizers.vocab,
+                                  image_tokenizer=tokenizers.image, seed=config.seed, rank=ctx.rank,
+                                  world_size=ctx.world_size)
+        hooks = PipelineHooks(tokenizers, config.log, write=ctx.is_main) if tokenizers.text is not None else None
+        preview = preview or (hooks.preview if hooks and config.log.preview_every else None)
+        evaluate = evaluate or (hooks.evaluate if hooks and config.log.eval_every else None)
+        if ctx.is_main:
+            import yaml
+
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+        bf16 = _use_bf16(ctx.device, config.model.mixed_precision)
+        wrapped = dist.wrap_model(model, ctx, fsdp=config.model.fsdp, mixed_precision=bf16)
+        trainer = Trainer(wrapped, MaskedDiffusionObjective(config.objective), source, config, ctx=ctx,
+                          evaluate=evaluate, preview=preview, assets=tokenizers.files)
+        return trainer.fit(resume=resume, max_steps=max_steps)
+    finally:
+        dist.teardown(ctx)
+
+
+def _distributed() -> Any:
+    from . import distributed  # imports torch.distributed: only once training starts
+
+    return distributed
+
+
+def _use_bf16(device: torch.device, mode: str) -> bool:
+    """bf16 autocast for "bf16", and for "auto" on accelerators that support it; never on CPU by default."""
+    if mode == "none" or (mode == "auto" and device.type == "cpu"):
+        return False
+    supported = device.type != "cuda" or torch.cuda.is_bf16_supported()
+    if mode == "bf16" and not supported:
+        raise ValueError("`model.mixed_precision` is 'bf16' but this GPU does not support bfloat16")
+    return supported
