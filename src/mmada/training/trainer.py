@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import logging
 import math
 import signal
@@ -37,16 +35,14 @@ from torch import nn
 from ..checkpoint import train_state
 from ..prompting import TokenLayout
 from ..utils.device import default_device
-from .config import LogConfig, Tokenizers, TrainConfig, build_model, load_tokenizers
+from .config import TrainConfig, build_model, load_tokenizers
+from .hooks import EvalHook, PipelineHooks, PreviewHook
+from .metrics import MetricsSink, open_sinks
 from .objectives import TASKS, MaskedDiffusionObjective, Objective
 from .optim import build_optimizer, build_scheduler
 
 logger = logging.getLogger(__name__)
 
-EvalHook = Callable[[nn.Module, int], Mapping[str, float]]
-"""(model, step) -> metrics, logged as `eval/<name>`; called on every process (a sharded model needs all)."""
-PreviewHook = Callable[[nn.Module, int, Path], None]
-"""(model, step, run_dir): write samples under run_dir/previews/; called on every process."""
 
 
 class BatchSource(Protocol):
@@ -55,57 +51,6 @@ class BatchSource(Protocol):
     def __iter__(self) -> Iterator[Mapping[str, TokenLayout]]: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
-
-
-class MetricsSink(Protocol):
-    def log(self, metrics: Mapping[str, float], step: int) -> None: ...
-    def close(self) -> None: ...
-
-
-class JsonlSink:
-    """run_dir/metrics.jsonl, one `{"step": n, ...}` per line (always on). On resume, the records a stopped run
-    wrote after its last checkpoint are dropped, so the file reads as one uninterrupted run."""
-
-    def __init__(self, path: Path, resume_step: int | None = None) -> None:
-        if resume_step is not None and path.is_file():
-            lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-            path.with_suffix(".tmp").write_text("".join(ln + "\n" for ln in lines if json.loads(ln)["step"]
-                                                        <= resume_step), encoding="utf-8")
-            path.with_suffix(".tmp").replace(path)
-        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
-
-    def log(self, metrics: Mapping[str, float], step: int) -> None:
-        self._file.write(json.dumps({"step": step, **metrics}) + "\n")  # repr floats: exact round trip
-        self._file.flush()
-
-    def close(self) -> None:
-        self._file.close()
-
-
-@dataclass(frozen=True)
-class CallbackSink:
-    """A `MetricsSink` from two callables (the TensorBoard and W&B adapters)."""
-
-    log: Callable[[Mapping[str, float], int], Any]
-    close: Callable[[], Any]
-
-
-def open_sinks(log: LogConfig, run_dir: Path, config: Mapping[str, Any], resume_step: int | None) -> list[Any]:
-    """jsonl always; TensorBoard and W&B when asked (their packages are imported only then)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    sinks: list[Any] = [JsonlSink(run_dir / "metrics.jsonl", resume_step)]
-    if log.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter  # needs the optional `tensorboard` package
-
-        tb = SummaryWriter(str(run_dir / "tensorboard"))
-        sinks.append(CallbackSink(lambda m, s: [tb.add_scalar(k, v, s) for k, v in m.items()], tb.close))
-    if log.wandb:
-        import wandb  # optional, never required
-
-        run_id = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16]  # the same W&B run on resume
-        run = wandb.init(project=log.wandb_project, dir=str(run_dir), config=dict(config), id=run_id, resume="allow")
-        sinks.append(CallbackSink(lambda m, s: run.log(dict(m), step=s), run.finish))
-    return sinks
 
 
 @dataclass(frozen=True)
@@ -287,50 +232,6 @@ class Trainer:
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
-
-
-class PipelineHooks:
-    """The default preview and evaluation hooks, both through `MMaDAPipeline`; sampling uses its own fixed
-    generators, so they never move the training RNG.
-
-    `preview` answers `log.preview_prompts` and draws `log.preview_captions` (with an image tokenizer) into
-    run_dir/previews/step-N.txt and step-N-<i>.png. `evaluate` scores the tiny world's evaluation suite with
-    the world's judges (`evaluation.world`; `log.eval_limit` examples per group), as `<task>/<group>`.
-    """
-
-    def __init__(self, tokenizers: Tokenizers, log: LogConfig, write: bool = True) -> None:
-        self.tokenizers, self.log, self.write = tokenizers, log, write
-        n = log.sample_gen_length
-        self.text = {"gen_length": n, "steps": n, "block_length": n}
-
-    def _pipeline(self, model: nn.Module) -> Any:
-        from ..pipelines import MMaDAPipeline, PipelineSettings
-
-        tk = self.tokenizers
-        return MMaDAPipeline(model, tk.text, tk.vocab, tk.image,  # type: ignore[arg-type]
-                             PipelineSettings(max_text_len=self.log.preview_max_text_len))
-
-    def preview(self, model: nn.Module, step: int, run_dir: Path) -> None:
-        pipe = self._pipeline(model)
-        gen = torch.Generator(pipe.device).manual_seed(0)
-        answers = [f"Q: {q}\nA: {pipe.generate(q, generator=gen, **self.text).text}\n"
-                   for q in self.log.preview_prompts]
-        captions = list(self.log.preview_captions) if self.tokenizers.image is not None else []
-        images = pipe.text_to_image(captions, generator=gen) if captions else []
-        if self.write:
-            folder, name = run_dir / "previews", train_state.checkpoint_name(step)
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / f"{name}.txt").write_text("\n".join(answers), encoding="utf-8")
-            for i, image in enumerate(images):
-                image.save(folder / f"{name}-{i}.png")
-
-    def evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
-        from ..evaluation.world import WorldEvalConfig, evaluate_world
-
-        greedy = {**self.text, "temperature": 0.0}
-        config = WorldEvalConfig(tasks=self.log.eval_tasks, limit=self.log.eval_limit, text=greedy, short=greedy)
-        results = evaluate_world(self._pipeline(model), config)
-        return {f"{task}/{group}": score for task, groups in results.items() for group, score in groups.items()}
 
 
 def run_training(config: TrainConfig, *, resume: bool = False, model: nn.Module | None = None,

@@ -1,0 +1,67 @@
+"""Where training metrics go: a `MetricsSink` protocol, a jsonl file (always), TensorBoard and W&B (optional).
+
+Inference never imports this module; the optional packages are imported only when a run asks for them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from .config import LogConfig
+
+
+class MetricsSink(Protocol):
+    def log(self, metrics: Mapping[str, float], step: int) -> None: ...
+    def close(self) -> None: ...
+
+
+class JsonlSink:
+    """run_dir/metrics.jsonl, one `{"step": n, ...}` per line (always on). On resume, the records a stopped run
+    wrote after its last checkpoint are dropped, so the file reads as one uninterrupted run."""
+
+    def __init__(self, path: Path, resume_step: int | None = None) -> None:
+        if resume_step is not None and path.is_file():
+            lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+            path.with_suffix(".tmp").write_text(
+                "".join(ln + "\n" for ln in lines if json.loads(ln)["step"] <= resume_step), encoding="utf-8"
+            )
+            path.with_suffix(".tmp").replace(path)
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        self._file.write(json.dumps({"step": step, **metrics}) + "\n")  # repr floats: exact round trip
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+@dataclass(frozen=True)
+class CallbackSink:
+    """A `MetricsSink` from two callables (the TensorBoard and W&B adapters)."""
+
+    log: Callable[[Mapping[str, float], int], Any]
+    close: Callable[[], Any]
+
+
+def open_sinks(log: LogConfig, run_dir: Path, config: Mapping[str, Any], resume_step: int | None) -> list[Any]:
+    """jsonl always; TensorBoard and W&B when asked (their packages are imported only then)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    sinks: list[Any] = [JsonlSink(run_dir / "metrics.jsonl", resume_step)]
+    if log.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter  # needs the optional `tensorboard` package
+
+        tb = SummaryWriter(str(run_dir / "tensorboard"))
+        sinks.append(CallbackSink(lambda m, s: [tb.add_scalar(k, v, s) for k, v in m.items()], tb.close))
+    if log.wandb:
+        import wandb  # optional, never required
+
+        run_id = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16]  # the same W&B run on resume
+        run = wandb.init(project=log.wandb_project, dir=str(run_dir), config=dict(config), id=run_id, resume="allow")
+        sinks.append(CallbackSink(lambda m, s: run.log(dict(m), step=s), run.finish))
+    return sinks
