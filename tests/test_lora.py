@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import mmada
-from mmada.training.lora import (
+from mmada.model.lora import (
     LoRAConfig,
     LoRALinear,
     apply_lora,

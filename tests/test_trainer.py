@@ -419,3 +419,42 @@ def test_lr_schedule_shapes():
     linear = curve("linear", 0.0)
     assert linear[35] == pytest.approx(0.75) and linear[110] == 0.0
     assert curve("constant")[10:] == [1.0] * 121
+
+
+# ---- LoRA ---------------------------------------------------------------------------------------------
+def test_lora_run_resumes_exactly_and_checkpoints_the_merged_model(tmp_path_factory):
+    from mmada.model.lora import LoRAConfig, apply_lora, load_adapter, merge_lora
+
+    def lora_model() -> MMaDAModel:
+        model = tiny_model()
+        apply_lora(model, LoRAConfig(rank=4, alpha=8))
+        return model
+
+    straight, part = tmp_path_factory.mktemp("lora_straight"), tmp_path_factory.mktemp("lora_part")
+    run_training(tiny_config(straight), model=lora_model(), source=TinySource())
+    run_training(tiny_config(part), model=lora_model(), source=TinySource(), max_steps=5)
+    run_training(tiny_config(part), resume=True, model=lora_model(), source=TinySource())
+    assert losses(part) == losses(straight)
+    final = part / "step-000012"
+    expected = lora_model()
+    load_adapter(expected, final / "adapter.safetensors")
+    merge_lora(expected)
+    released = mmada.load_model(final / "model")  # a plain release checkpoint, adapters folded in
+    for (name, a), b in zip(expected.state_dict().items(), released.state_dict().values()):
+        assert torch.equal(a, b), name
+    base = tiny_model()
+    assert not torch.equal(base.blocks[0].attn.q.weight, released.blocks[0].attn.q.weight)  # the adapters trained
+    assert torch.equal(base.embed.weight, released.embed.weight)  # and nothing else did
+
+
+def test_lora_from_the_config(tmp_path):
+    from mmada.model.lora import LoRALinear
+    from mmada.training.config import build_model
+
+    config = tiny_config(tmp_path, "model.lora_rank=2", "model.lora_targets=[attn.q,attn.v]")
+    model = build_model(config.model, "cpu")
+    lora = [name for name, m in model.named_modules() if isinstance(m, LoRALinear)]
+    assert lora and all(name.endswith(("attn.q", "attn.v")) for name in lora)
+    assert all(("lora_" in n) == p.requires_grad for n, p in model.named_parameters())
+    with pytest.raises(ValueError, match="lora_rank"):
+        tiny_config(tmp_path, "model.lora_rank=-1")

@@ -24,6 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..model.config import ModelConfig
+from ..model.lora import has_lora, merged_state_dict
 from ..model.transformer import MMaDAModel
 from ..utils.device import resolve_device, resolve_dtype
 from ..utils.files import CheckpointError, resolve_folder
@@ -183,7 +184,9 @@ def save_model(
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     store = resolve_dtype(dtype) if dtype is not None else model.dtype
-    tensors = {ours_to_official(k): v.detach().to("cpu", store).contiguous() for k, v in model.state_dict().items()}
+    # A model training with LoRA adapters is saved with the adapters folded in: a plain release checkpoint.
+    state = merged_state_dict(model) if has_lora(model) else model.state_dict()
+    tensors = {ours_to_official(k): v.detach().to("cpu", store).contiguous() for k, v in state.items()}
     shards = _plan_shards(tensors, max_shard_bytes)
     for stale in [*out.glob("model-*-of-*.safetensors"), out / SINGLE_WEIGHTS, out / INDEX_NAME]:
         stale.unlink(missing_ok=True)  # never leave shards of an older save beside the new ones

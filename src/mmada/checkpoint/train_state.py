@@ -6,6 +6,7 @@ A run folder:
       latest                  one line naming the newest complete checkpoint ("step-000123"), for people and tools
       step-000123/            a complete checkpoint
         model/                the weights in the release format (`mmada.save_model`; `mmada.load_model` reads it)
+        adapter.safetensors   LoRA runs only: the adapters (resume reloads them onto the frozen base)
         optimizer.pt          AdamW state (torch.save; loaded with weights_only=True, see below)
         scheduler.json        learning-rate scheduler state
         rng-0.safetensors     torch CPU / CUDA RNG states and the trainer's generators, rank 0
@@ -52,6 +53,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..model.lora import load_adapter, lora_config_of, save_adapter
 from ..model.transformer import MMaDAModel
 from ..utils.files import CheckpointError
 from .hf import iter_tensors, official_to_ours, save_model, weight_files
@@ -59,6 +61,7 @@ from .hf import iter_tensors, official_to_ours, save_model, weight_files
 logger = logging.getLogger(__name__)
 
 LATEST = "latest"
+ADAPTER_FILE = "adapter.safetensors"  # LoRA runs: the trained adapters, for an exact resume
 PREFIX = "step-"
 TMP_PREFIX = ".tmp-"
 _STEP_RE = re.compile(rf"^{PREFIX}(\d+)$")
@@ -186,7 +189,10 @@ def save_checkpoint(
 def _save_single(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, assets: tuple[Path, ...]) -> None:
     if not isinstance(model, MMaDAModel):
         raise ValueError(f"a single-process checkpoint expects an MMaDAModel, got {type(model).__name__}")
-    save_model(model, folder / "model")
+    save_model(model, folder / "model")  # adapters (if any) folded in: a usable release checkpoint
+    lora = lora_config_of(model)
+    if lora is not None:  # resuming needs the adapters themselves (the base stays frozen at `model.init`)
+        save_adapter(model, lora, folder / ADAPTER_FILE)
     for asset in assets:
         shutil.copy2(asset, folder / "model" / asset.name)
     torch.save(optimizer.state_dict(), folder / "optimizer.pt")
@@ -314,7 +320,10 @@ def load_checkpoint(
             raise ValueError("a multi-process resume needs `load_sharded`")
         co.load_sharded(model, optimizer, folder / "sharded")
     else:
-        _load_weights(model, folder / "model")
+        if (folder / ADAPTER_FILE).is_file():
+            load_adapter(model, folder / ADAPTER_FILE)
+        else:
+            _load_weights(model, folder / "model")
         if optimizer is not None:
             optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
     if scheduler is not None:

@@ -72,6 +72,15 @@ class ModelSection:
     fsdp: bool = True
     """Multi-process runs: shard parameters, gradients and optimizer state over the ranks (FSDP2, ZeRO-3);
     False replicates them (data parallel)."""
+    lora_rank: int = 0
+    """LoRA fine-tuning: adapters of this rank on `lora_targets`, base weights frozen; 0 trains every weight.
+    Checkpoints hold the merged release weights plus the adapters (for resume)."""
+    lora_alpha: float = 32.0
+    """LoRA scaling numerator: updates are scaled by lora_alpha / lora_rank."""
+    lora_dropout: float = 0.0
+    """Dropout on the adapter input."""
+    lora_targets: tuple[str, ...] = ("attn.q", "attn.k", "attn.v", "attn.out", "mlp.gate", "mlp.up", "mlp.down")
+    """Linear layers (name suffixes) that get adapters."""
 
     def __post_init__(self) -> None:
         if not self.init:
@@ -85,6 +94,8 @@ class ModelSection:
             raise ValueError(f"`overrides` has unknown ModelConfig field {unknown[0]!r}; "
                              f"valid: {', '.join(sorted(valid))}")
         _positive(self.init_std, "init_std")
+        if self.lora_rank < 0:
+            raise ValueError(f"`lora_rank` must be >= 0, got {self.lora_rank}")
         try:
             resolve_dtype(self.dtype)
         except ValueError as err:
@@ -490,6 +501,11 @@ def build_model(section: ModelSection, device: Any) -> Any:
     else:
         model = load_model(resolve_init(section.init), dtype=dtype, device=device)
     model.gradient_checkpointing = section.gradient_checkpointing
+    if section.lora_rank > 0:
+        from ..model.lora import LoRAConfig, apply_lora
+
+        apply_lora(model, LoRAConfig(rank=section.lora_rank, alpha=section.lora_alpha,
+                                     dropout=section.lora_dropout, targets=tuple(section.lora_targets)))
     return model.train()
 
 

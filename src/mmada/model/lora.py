@@ -190,6 +190,35 @@ def num_trainable_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def has_lora(model: nn.Module) -> bool:
+    return any(isinstance(m, LoRALinear) for m in model.modules())
+
+
+def lora_config_of(model: nn.Module) -> LoRAConfig | None:
+    """The `LoRAConfig` a model's adapters were built with (None without adapters)."""
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, LoRALinear)]
+    if not layers:
+        return None
+    first = layers[0][1]
+    targets = tuple(sorted({".".join(name.split(".")[-2:]) for name, _ in layers}))
+    dropout = first.lora_dropout.p if isinstance(first.lora_dropout, nn.Dropout) else 0.0
+    return LoRAConfig(rank=first.rank, alpha=first.alpha, dropout=dropout, targets=targets)
+
+
+def merged_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """The model's weights with every adapter folded in (W + (α / r) B A), without changing the model.
+
+    Keys are the plain `MMaDAModel` names (no `lora_A`/`lora_B`), so `mmada.save_model` can write a
+    release checkpoint of a model that is still training with adapters.
+    """
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith((".lora_A", ".lora_B"))}
+    for name, module in model.named_modules():
+        if isinstance(module, LoRALinear):
+            weight = module.weight.detach()
+            state[f"{name}.weight"] = (weight.to(ADAPTER_DTYPE) + module.delta_weight().detach()).to(weight.dtype)
+    return state
+
+
 # ---- adapter-only checkpoints -------------------------------------------------------------------
 def lora_state_dict(model: nn.Module) -> dict[str, Tensor]:
     """The adapter tensors only: `{"blocks.0.attn.q.lora_A": (r, in), "...lora_B": (out, r), ...}`."""
@@ -239,7 +268,8 @@ def load_adapter(model: nn.Module, path: str | os.PathLike[str]) -> LoRAConfig:
         if raw is None:
             raise ValueError(f"{path} has no {_METADATA_KEY!r} metadata: not written by save_adapter")
         state = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 - safe_open is not a mapping
-    config = LoRAConfig(**json.loads(raw))
+    fields = json.loads(raw)
+    config = LoRAConfig(**{**fields, "targets": tuple(fields.get("targets", DEFAULT_TARGETS))})
     if not any(isinstance(m, LoRALinear) for m in model.modules()):
         apply_lora(model, config)
     load_lora_state_dict(model, state)
