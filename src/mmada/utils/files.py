@@ -10,6 +10,11 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+BUILTIN_MODELS = {"mmada-tiny": PACKAGE_ROOT / "assets" / "mmada-tiny"}
+"""Checkpoints shipped inside the package, usable wherever a folder or hub id is accepted."""
+DEFAULT_MODEL = "mmada-tiny"
+
 
 class CheckpointError(ValueError):
     """A checkpoint or weight file cannot be used; the message names the file and the problem."""
@@ -23,9 +28,15 @@ def _looks_like_repo_id(name: str) -> bool:
 def resolve_folder(path_or_id: str | os.PathLike[str], *, allow_patterns: Sequence[str] | None = None) -> Path:
     """Return a local folder for `path_or_id`.
 
-    A path that exists is used as it is. Something shaped like `owner/name` that is not a local
-    path is downloaded (or taken from the cache) with `huggingface_hub.snapshot_download`.
+    A path that exists is used as it is; a built-in name (`mmada-tiny`) is the checkpoint shipped in
+    the package. Something shaped like `owner/name` that is not a local path is downloaded (or taken
+    from the cache) with `huggingface_hub.snapshot_download`.
     """
+    if str(path_or_id) in BUILTIN_MODELS:
+        builtin = BUILTIN_MODELS[str(path_or_id)]
+        if not (builtin / "config.json").is_file():
+            raise CheckpointError(f"the built-in model {path_or_id!r} is missing from this installation ({builtin})")
+        return builtin
     path = Path(os.path.expanduser(str(path_or_id)))
     if path.exists():
         if not path.is_dir():
