@@ -32,7 +32,7 @@ from mmada.utils.device import seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent / "shared" / "fixtures" / "mmada_reference"
-CONFIGS = ROOT / "configs" / "train"
+CONFIGS = ROOT / "src" / "mmada" / "configs" / "train"
 M = 16  # max_text_len of the test layouts: rows are M + 16 image tokens + 3 = 35 long
 TINY = dict(vocab_size=512, embedding_size=512, mask_token_id=315, eos_token_id=301, pad_token_id=301,
             llm_vocab_size=384, codebook_size=128)

@@ -366,7 +366,8 @@ def _add_train_command(sub: Any) -> None:
               f"  {'seed, device':<30} Top-level keys [10086, 'auto']."]
     p = sub.add_parser("train", help="train or resume a run from a YAML config", epilog="\n".join(lines),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", type=Path, help="YAML file, e.g. configs/train/tiny_pretrain.yaml")
+    p.add_argument("config", type=Path, help="YAML file, or the name of a shipped config (tiny_pretrain, "
+                   "tiny_sft, tiny_sft_nocot, stage1_1 ... stage2_2)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. optim.lr=3e-4 batch.grad_accum=8")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
     p.add_argument("--out", default=None, help="run folder (overrides log.run_dir)")

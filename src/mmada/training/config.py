@@ -16,9 +16,10 @@ The defaults are the settings every official MMaDA-8B stage shares (MMADA.md §2
 configs/mmada_pretraining_stage*.yaml): AdamW betas (0.9, 0.999), weight decay 0.01, eps 1e-8, cosine
 schedule with 5000 warmup steps, gradient clipping at 1.0, bf16 autocast, seed 10086, and the
 numbers of stage 1.1 (lr 1e-4, coefficients 1.0 / 0.1 / 1.0). A stage is a YAML file that overrides
-some of them (`configs/train/`), and the command line overrides the file:
+some of them (`mmada/configs/train/`, also reachable by name: `mmada train tiny_pretrain`), and the command
+line overrides the file:
 
-    load_config(["configs/train/stage1_2.yaml"], ["optim.lr=3e-5", "batch.grad_accum=8"])
+    load_config(["stage1_2"], ["optim.lr=3e-5", "batch.grad_accum=8"])
 
 Values are converted from the field types (YAML's "1e-4" string becomes a float), unknown keys are
 refused with the list of valid ones, and invalid values are refused naming the key (`optim.lr`).
@@ -277,10 +278,25 @@ def load_config(paths: Sequence[str | Path] = (), overrides: Sequence[str] = ())
     return config_from_dict(raw)
 
 
+PACKAGED_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "train"
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A YAML path as given, or the name of a config shipped with mmada ("tiny_pretrain", "stage1_1.yaml")."""
+    path = Path(path)
+    if path.exists() or len(path.parts) > 1:
+        return path
+    packaged = PACKAGED_CONFIGS / (path.name if path.suffix == ".yaml" else f"{path.name}.yaml")
+    if packaged.is_file():
+        return packaged
+    names = ", ".join(sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml")))
+    raise ValueError(f"config file {path} not found (shipped configs: {names})")
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     import yaml  # optional at import time: only loading files needs it
 
-    path = Path(path)
+    path = resolve_config_path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError as err:
