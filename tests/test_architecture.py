@@ -18,7 +18,8 @@ LAYERS = {
     "sampling": 4,
     "pipelines": 5,
     "training": 6, "evaluation": 6, "rewards": 6,
-    "cli": 7, "serve": 7, "__main__": 7, "__init__": 7,
+    "recipe": 7, "demo": 7,
+    "cli": 8, "serve": 8, "__main__": 8, "__init__": 8,
 }
 # Samplers see the model only through the Denoiser protocol.
 FORBIDDEN = {"sampling": {"model", "checkpoint"}, "diffusion": {"model", "checkpoint"}}

@@ -16,11 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .utils.files import CheckpointError
+from .utils.files import DEFAULT_MODEL, CheckpointError
 from .utils.logging import setup_logging
 
 logger = logging.getLogger("mmada")
-DEFAULT_MODEL = "Gen-Verse/MMaDA-8B-MixCoT"
 
 
 def _human(n: float) -> str:
@@ -264,6 +263,35 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Show every capability on a model (the built-in MMaDA-tiny by default), checked by the world's judges."""
+    from .demo import run_demo
+
+    pipe = _pipeline(args)
+    run_demo(pipe, args.output, seed=args.seed or 0, log=lambda line: print(line, flush=True))
+    print(f"everything the demo made is in {args.output}/")
+    return 0
+
+
+def cmd_recipe(args: argparse.Namespace) -> int:
+    """Train MMaDA-tiny through the recipe: pretraining, mixed-CoT SFT, the no-CoT ablation, scores."""
+    from .evaluation.world import results_to_markdown
+    from .recipe import RecipeConfig, run_tiny_recipe
+
+    if args.name != "tiny":
+        raise ValueError(f"unknown recipe {args.name!r}; available: tiny")
+    recipe = RecipeConfig(out_dir=str(args.out), pretrain_steps=args.pretrain_steps, sft_steps=args.sft_steps,
+                          ablation=not args.no_ablation, evaluate=not args.no_eval, eval_per_group=args.per_group,
+                          eval_limit=args.limit, overrides=tuple(args.overrides), threads=args.threads,
+                          seed=args.seed, progress=not args.quiet)
+    result = run_tiny_recipe(recipe)
+    for stage, results in result.scores.items():
+        print(f"## after {stage}\n\n{results_to_markdown(results)}")
+    print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in result.seconds.items()))
+    print(f"MMaDA-tiny written to {result.model_dir}")
+    return 0
+
+
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint folder or hub id (default: {DEFAULT_MODEL})")
@@ -332,6 +360,26 @@ def _add_generation_commands(sub: Any) -> None:
     p.add_argument("-o", "--output", type=Path, default=None, help="write the results as JSON")
     _add_model_flags(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("demo", help="show every capability on the built-in model, with the judges' verdicts")
+    p.add_argument("-o", "--output", type=Path, default=Path("mmada-demo"), help="output folder (default: mmada-demo)")
+    _add_model_flags(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("recipe", help="train MMaDA-tiny through the whole recipe on the tiny world")
+    p.add_argument("name", nargs="?", default="tiny", help="recipe name (only: tiny)")
+    p.add_argument("--out", type=Path, default=Path("runs/mmada-tiny"), help="run folder (default: runs/mmada-tiny)")
+    p.add_argument("--pretrain-steps", type=int, default=None, help="override the pretraining steps")
+    p.add_argument("--sft-steps", type=int, default=None, help="override the SFT steps")
+    p.add_argument("--no-ablation", action="store_true", help="skip the no-CoT SFT ablation")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluations")
+    p.add_argument("--per-group", type=int, default=50, help="evaluation examples per group (default: 50)")
+    p.add_argument("--limit", type=int, default=None, help="cap evaluation examples per group")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", default=[], help="key=value overrides for every stage")
+    p.set_defaults(func=cmd_recipe)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -525,16 +525,31 @@ def build_model(section: ModelSection, device: Any) -> Any:
     return model.train()
 
 
+WORLD_ASSET = "world"
+"""`model.tokenizer: world` / `model.image_tokenizer: world` name the tiny world's committed tokenizers."""
+
+
+def resolve_asset(value: str, kind: str = "image") -> Path:
+    """A tokenizer folder from a config value: a path, or `world` for the tiny world's committed ones."""
+    if value != WORLD_ASSET:
+        return Path(value)
+    from ..world.assets import world_image_tokenizer_dir, world_text_tokenizer_dir
+
+    return world_text_tokenizer_dir() if kind == "text" else world_image_tokenizer_dir()
+
+
 def load_tokenizers(section: ModelSection, model: Any, device: Any) -> Tokenizers:
     """The text tokenizer (`tokenizer`, else the `init` checkpoint's), its `Vocab`, and the image tokenizer."""
     from ..image_tokenizer import load_image_tokenizer
     from ..pipelines import vocab_for
     from ..prompting import TextTokenizer
 
-    folder = section.tokenizer or (None if section.init in PRESETS else resolve_init(section.init))
+    folder = resolve_asset(section.tokenizer, "text") if section.tokenizer else (
+        None if section.init in PRESETS else resolve_init(section.init))
     if folder is None:
         return Tokenizers()
     text = TextTokenizer.from_pretrained(folder)
-    image = load_image_tokenizer(section.image_tokenizer, device=device) if section.image_tokenizer else None
+    image = (load_image_tokenizer(resolve_asset(section.image_tokenizer), device=device)
+             if section.image_tokenizer else None)
     files = tuple(Path(folder) / n for n in TOKENIZER_FILES if (Path(folder) / n).is_file())
     return Tokenizers(text, vocab_for(text, model), image, files)
