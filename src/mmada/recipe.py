@@ -54,7 +54,9 @@ class RecipeConfig:
     eval_limit: int | None = None
     """Cap per group (quick runs); None = all."""
     overrides: tuple[str, ...] = ()
-    """`key=value` overrides applied to every stage (e.g. a smaller model for tests)."""
+    """`key=value` overrides applied to every stage."""
+    pretrain_overrides: tuple[str, ...] = ()
+    """Overrides of the pretraining stage only (e.g. `model.overrides.*`: the SFT stages inherit the model)."""
     threads: int | None = None
     """torch threads (None = torch's default, all cores)."""
     seed: int = 0
@@ -79,7 +81,8 @@ def _stage_config(stage: str, recipe: RecipeConfig) -> Any:
     steps = recipe.pretrain_steps if stage == "pretrain" else recipe.sft_steps
     if steps is not None:
         overrides.append(f"schedule.max_steps={steps}")
-    return load_config([CONFIGS[stage]], [*overrides, *recipe.overrides])
+    extra = recipe.pretrain_overrides if stage == "pretrain" else ()
+    return load_config([CONFIGS[stage]], [*overrides, *recipe.overrides, *extra])
 
 
 def pipeline_settings(config: Any) -> PipelineSettings:

@@ -533,7 +533,7 @@ def resolve_asset(value: str, kind: str = "image") -> Path:
     """A tokenizer folder from a config value: a path, or `world` for the tiny world's committed ones."""
     if value != WORLD_ASSET:
         return Path(value)
-    from ..world.assets import world_image_tokenizer_dir, world_text_tokenizer_dir
+    from ..world.tokenizers import world_image_tokenizer_dir, world_text_tokenizer_dir
 
     return world_text_tokenizer_dir() if kind == "text" else world_image_tokenizer_dir()
 
