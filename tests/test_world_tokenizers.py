@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -12,12 +13,12 @@ import torch
 from PIL import Image
 
 from mmada.cli import main
-from mmada.image_tokenizer import load_image_tokenizer
+from mmada.image_tokenizer import CoderConfig, LFQConfig, MagvitConfig, load_image_tokenizer
 from mmada.prompting import RESERVED_TOKEN_NAMES, TextTokenizer, encode_chat, render_chat
 from mmada.world.calibration import parsed_exactly
 from mmada.world.data import digit_examples, iter_t2i, iter_text, iter_vqa
 from mmada.world.digits import load_digit_classifier
-from mmada.world.magvit import MagvitTraining, train_magvit
+from mmada.world.magvit import MagvitTraining, train_image_tokenizer, train_magvit
 from mmada.world.parser import parse_scene
 from mmada.world.scenes import Scene, SceneObject, render_scene
 from mmada.world.text_tokenizer import SPECIAL_TOKENS, train_text_tokenizer
@@ -156,20 +157,38 @@ def test_image_tokenizer_keeps_held_out_digits_readable(image_tokenizer) -> None
     assert np.mean(judge.predict(recon) == labels) >= original - 0.03
 
 
+# Two levels (f = 2) and 16 codes: the recipe's determinism does not depend on the size.
+SMALL = MagvitConfig(
+    encoder=CoderConfig(ch=32, ch_mult=(1, 1), num_res_blocks=(1, 1), resolution=32),
+    decoder=CoderConfig(ch=32, ch_mult=(1, 1), num_res_blocks=(1, 1), resolution=32),
+    quantizer=LFQConfig(codebook_dim=4),
+    image_size=32,
+)
+
+
 def test_image_training_is_deterministic() -> None:
     recipe = MagvitTraining(steps=2, batch_size=4, num_scenes=8, warmup_steps=1)
 
     def state(seed: int) -> dict[str, torch.Tensor]:
-        return train_magvit(recipe, seed=seed).state_dict()
+        return train_magvit(recipe, config=SMALL, seed=seed).state_dict()
 
     first, second, other = state(0), state(0), state(1)
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert not all(torch.equal(first[k], other[k]) for k in first)
 
 
+def test_trained_image_tokenizer_saves_and_loads(tmp_path: Path) -> None:
+    recipe = MagvitTraining(batch_size=2, num_scenes=2, warmup_steps=0)
+    folder = train_image_tokenizer(tmp_path / "magvit", steps=1, recipe=recipe, config=SMALL)
+    loaded = load_image_tokenizer(folder)
+    assert loaded.config == SMALL
+    expected = train_magvit(dataclasses.replace(recipe, steps=1), config=SMALL).state_dict()
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in expected.items())
+
+
 def test_image_training_leaves_the_global_rng_alone() -> None:
     before = torch.random.get_rng_state()
-    train_magvit(MagvitTraining(steps=1, batch_size=2, num_scenes=2, warmup_steps=0), seed=0)
+    train_magvit(MagvitTraining(steps=1, batch_size=2, num_scenes=2, warmup_steps=0), config=SMALL, seed=0)
     assert torch.equal(before, torch.random.get_rng_state())
 
 

@@ -236,8 +236,9 @@ def train_image_tokenizer(
     seed: int = 0,
     progress: bool = False,
     recipe: MagvitTraining | None = None,
+    config: MagvitConfig | None = None,
 ) -> Path:
-    """Train the world's MAGVIT-v2 and save it (`tiny_arch.json`, `config.json`, safetensors).
+    """Train the world's MAGVIT-v2 and save it (`tiny_arch.json`, `config.json`, float32 safetensors).
 
     Args:
         out_dir: folder to write; load it with `mmada.load_image_tokenizer`.
@@ -245,6 +246,7 @@ def train_image_tokenizer(
         seed: selects data, initial weights and batch order; same seed, same machine -> same weights.
         progress: show a progress bar.
         recipe: the other training settings; default `MagvitTraining()`.
+        config: architecture; default `world_magvit_config()`.
 
     Returns:
         `out_dir` as a Path.
@@ -252,4 +254,4 @@ def train_image_tokenizer(
     recipe = recipe or MagvitTraining()
     if steps is not None:
         recipe = dataclasses.replace(recipe, steps=steps)
-    return save_image_tokenizer(train_magvit(recipe, seed=seed, progress=progress), out_dir)
+    return save_image_tokenizer(train_magvit(recipe, config=config, seed=seed, progress=progress), out_dir)
