@@ -20,6 +20,7 @@ from .utils.files import DEFAULT_MODEL, CheckpointError
 from .utils.logging import setup_logging
 
 logger = logging.getLogger("mmada")
+SMALL_MODEL = 50_000_000  # parameters below which CPU inference runs on one thread by default
 
 
 def _human(n: float) -> str:
@@ -127,6 +128,13 @@ def _pipeline(args: argparse.Namespace) -> Any:
     pipe = MMaDAPipeline.from_pretrained(args.model, image_tokenizer=args.image_tokenizer, dtype=args.dtype,
                                          device=args.device, **settings)
     args.generator = None if args.seed is None else torch.Generator(pipe.device).manual_seed(args.seed)
+    threads = args.threads
+    if threads is None and pipe.device.type == "cpu" and sum(p.numel() for p in pipe.model.parameters()) < SMALL_MODEL:
+        # Tiny matrices gain nothing from threads, and OpenMP threads spin-wait when another process holds a
+        # core: `mmada demo` on the built-in model took 6 s with 1 thread and 100 s with 2 on a busy 2-core VM.
+        threads = 1
+    if threads is not None:
+        torch.set_num_threads(threads)
     return pipe
 
 
@@ -302,6 +310,8 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=None, help="random seed (default: unseeded)")
     g.add_argument("--max-text-len", type=int, default=None, help="text part of image layouts (default: 512)")
     g.add_argument("--resolution", type=int, default=None, help="image side in pixels (default: tokenizer's)")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads (default: 1 for small models, "
+                   "else torch's default)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
 
 
