@@ -449,6 +449,8 @@ def cmd_world_train_tokenizers(args: argparse.Namespace) -> int:
         train_text_tokenizer,
     )
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     start = time.perf_counter()
     text_dir = train_text_tokenizer(args.output / TEXT_TOKENIZER_SUBDIR, vocab_size=args.vocab_size, seed=args.seed)
     text_seconds = time.perf_counter() - start
@@ -510,6 +512,8 @@ def _add_world_commands(sub: Any) -> None:
     p.add_argument("--steps", type=int, default=None, help="image tokenizer optimizer steps (default: the recipe's)")
     p.add_argument("--vocab-size", type=int, default=None, help="text tokens incl. specials (default: the recipe's)")
     p.add_argument("--json", type=Path, default=None, help="also write the evaluation as JSON")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's; the image "
+                   "tokenizer's weights depend on it)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_world_train_tokenizers)
 

@@ -93,9 +93,10 @@ def world_text_corpus(seed: int = 0, examples_per_task: int = DEFAULT_EXAMPLES_P
     texts = [e.caption for e in itertools.islice(iter_t2i("train", seed), examples_per_task)]
     qa = [(e.question, e.answer, e.cot_answer) for e in itertools.islice(iter_vqa("train", seed), examples_per_task)]
     qa += [(e.question, e.answer, e.cot_answer) for e in itertools.islice(iter_text("train", seed), examples_per_task)]
-    # Ten digit prompts only: repeating them would skew merges towards one sentence.
-    qa += [(e.question, e.answer, e.cot_answer) for e in {e.label: e for e in digit_examples("train")}.values()]
-    texts += [e.caption for e in {e.label: e for e in digit_examples("train")}.values()]
+    # One example per digit: the ~1450 real digits share ten texts, repeating them would skew the merges.
+    one_per_digit = list({e.label: e for e in digit_examples("train")}.values())
+    qa += [(e.question, e.answer, e.cot_answer) for e in one_per_digit]
+    texts += [e.caption for e in one_per_digit]
     for question, answer, cot_answer in qa:
         thinking = coin.random() < 0.5
         texts += [question, cot_answer, _chat(question, cot_answer if thinking else answer, thinking=thinking)]

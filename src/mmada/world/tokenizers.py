@@ -17,10 +17,9 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +29,7 @@ from mmada.prompting.tokenizer import TextTokenizer
 from mmada.prompting.vocab import Vocab
 from mmada.world.calibration import parsed_exactly
 from mmada.world.captions import evaluate_prompt
-from mmada.world.data import digit_examples, iter_t2i, iter_text, iter_vqa
+from mmada.world.data import _take_unique, digit_examples, iter_t2i, iter_text, iter_vqa
 from mmada.world.digits import load_digit_classifier
 from mmada.world.magvit import to_pixels, to_uint8, train_image_tokenizer
 from mmada.world.parser import parse_scene
@@ -55,7 +54,6 @@ TEXT_TOKENIZER_SUBDIR = "text_tokenizer"
 IMAGE_TOKENIZER_SUBDIR = "image_tokenizer"
 VOCAB_MULTIPLE = 64
 """Embedding rows are rounded up to a multiple of this (tensor-core friendly, like LLaDA's 126464)."""
-_T = TypeVar("_T")
 
 
 def world_text_tokenizer_dir() -> Path:
@@ -78,15 +76,6 @@ def world_vocab(text_tokenizer: TextTokenizer, codebook_size: int, multiple: int
         raise ValueError(f"`multiple` must be >= 1, got {multiple}")
     vocab_size = math.ceil((len(text_tokenizer) + codebook_size) / multiple) * multiple
     return Vocab.from_tokenizer(text_tokenizer, vocab_size=vocab_size, codebook_size=codebook_size, reserved=None)
-
-
-def _unique(examples: Iterator[_T], count: int, key: Any) -> list[_T]:
-    seen: dict[str, _T] = {}
-    for example in examples:
-        seen.setdefault(key(example), example)
-        if len(seen) == count:
-            break
-    return list(seen.values())
 
 
 def _stats(lengths: list[int]) -> dict[str, float]:
@@ -174,8 +163,8 @@ def evaluate_image_tokenizer(tokenizer: MagvitV2, *, num_scenes: int = 1000, see
     """Reconstruct held-out scenes and digits and ask the world's judges what they see (~5 s on 2 cores)."""
     if num_scenes < 2:
         raise ValueError(f"`num_scenes` must be >= 2, got {num_scenes}")
-    t2i = _unique(iter_t2i("validation", seed), num_scenes // 2, lambda e: e.scene.canonical())
-    vqa = _unique(iter_vqa("validation", seed), num_scenes - len(t2i), lambda e: e.scene.canonical())
+    t2i = _take_unique(iter_t2i("validation", seed), num_scenes // 2, lambda e: e.scene.canonical())
+    vqa = _take_unique(iter_vqa("validation", seed), num_scenes - len(t2i), lambda e: e.scene.canonical())
     scenes = [e.scene for e in t2i] + [e.scene for e in vqa]
     originals = np.stack([e.image for e in t2i] + [e.image for e in vqa])
     recon, scene_codes = reconstruct(tokenizer, originals)
