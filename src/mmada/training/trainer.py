@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,6 +36,7 @@ from ..checkpoint import train_state
 from ..prompting import TokenLayout
 from ..utils.device import default_device
 from .config import TrainConfig, build_model, load_tokenizers
+from .data import BatchSource, build_source
 from .hooks import EvalHook, PipelineHooks, PreviewHook
 from .metrics import MetricsSink, open_sinks
 from .objectives import TASKS, MaskedDiffusionObjective, Objective
@@ -43,14 +44,6 @@ from .optim import build_optimizer, build_scheduler
 
 logger = logging.getLogger(__name__)
 
-
-
-class BatchSource(Protocol):
-    """What the trainer needs from a data source (`training.data.build_source` makes them)."""
-
-    def __iter__(self) -> Iterator[Mapping[str, TokenLayout]]: ...
-    def state_dict(self) -> dict[str, Any]: ...
-    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -254,8 +247,6 @@ def run_training(config: TrainConfig, *, resume: bool = False, model: nn.Module 
         model = (model if model is not None else build_model(config.model, ctx.device)).to(ctx.device)
         tokenizers = load_tokenizers(config.model, model, ctx.device)
         if source is None:
-            from .data import build_source
-
             source = build_source(config.data, tokenizer=tokenizers.text, vocab=tokenizers.vocab,
                                   image_tokenizer=tokenizers.image, seed=config.seed, rank=ctx.rank,
                                   world_size=ctx.world_size)
