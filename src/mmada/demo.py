@@ -75,25 +75,19 @@ def _chat(pipe: MMaDAPipeline, report: DemoReport) -> None:
     report.show("multi-turn chat", body, score_arithmetic(second, 12), "chat (second turn)")
 
 
+def _ask_about(pipe: MMaDAPipeline, report: DemoReport, example: Any, file: str, title: str, key: str) -> None:
+    """Save `example.image`, ask `example.question` about it and judge the answer against `example.answer`."""
+    Image.fromarray(example.image).resize((128, 128), Image.Resampling.NEAREST).save(report.out_dir / file)
+    answer = pipe.understand(example.image, example.question, gen_length=32, steps=16, block_length=32).answer
+    report.show(f"{title} ({file})", f"Q: {example.question}\nA: {answer}\n(expected {example.answer})",
+                vqa_exact_match(answer, example.answer), key)
+
+
 def _understanding(pipe: MMaDAPipeline, report: DemoReport) -> None:
-    vqa = next(iter_vqa("validation", seed=2))
-    Image.fromarray(vqa.image).resize((128, 128), Image.Resampling.NEAREST).save(report.out_dir / "scene.png")
-    answer = pipe.understand(vqa.image, vqa.question, gen_length=32, steps=16, block_length=32).answer
-    report.show(
-        "understanding a scene (scene.png)",
-        f"Q: {vqa.question}\nA: {answer}\n(expected {vqa.answer})",
-        vqa_exact_match(answer, vqa.answer),
-        "scene question",
-    )
-    digit = next(iter_digits("validation", seed=1))
-    Image.fromarray(digit.image).resize((128, 128), Image.Resampling.NEAREST).save(report.out_dir / "digit.png")
-    answer = pipe.understand(digit.image, digit.question, gen_length=32, steps=16, block_length=32).answer
-    report.show(
-        "reading a real handwritten digit (digit.png)",
-        f"Q: {digit.question}\nA: {answer}\n(expected {digit.answer})",
-        vqa_exact_match(answer, digit.answer),
-        "digit recognition",
-    )
+    _ask_about(pipe, report, next(iter_vqa("validation", seed=2)), "scene.png", "understanding a scene",
+               "scene question")
+    _ask_about(pipe, report, next(iter_digits("validation", seed=1)), "digit.png",
+               "reading a real handwritten digit", "digit recognition")
 
 
 def _text_to_image(pipe: MMaDAPipeline, report: DemoReport, generator: torch.Generator) -> None:
