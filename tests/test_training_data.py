@@ -187,18 +187,24 @@ def make(spec: dict, tokenizer, vocab, **kwargs):
     return build_source(spec, tokenizer=tokenizer, vocab=vocab, image_tokenizer=fake_encoder, seed=SEED, **kwargs)
 
 
-def check_layouts(batch: dict, vocab: Vocab, length: int) -> None:
+def check_layouts(batch: dict, vocab: Vocab, length: int, *, cap: bool = False) -> None:
+    """Every layout is `length` long (cap=True: at most `length`, its own length for the rest)."""
     for task, layout in batch.items():
-        assert layout.task == task and layout.seq_len == length, task
-        assert layout.labels is not None and layout.labels.shape == layout.input_ids.shape
-        spans, prompt, answer = layout.spans, layout.spans.prompt, layout.spans.answer
-        assert bool((prompt.stop <= answer.start).all()) and bool((answer.stop <= length).all())
-        if task in ("t2i", "mmu", "r2i"):
-            image = layout.input_ids[spans.image.mask(length)].view(layout.batch_size, -1)
-            assert image.shape[1] == N and bool(vocab.is_image_token(image).all())
-        if task in ("mmu", "lm_chat"):  # the prompt ends right after the last <|end_header_id|>
-            rows = torch.arange(layout.batch_size)
-            assert bool((layout.input_ids[rows, prompt.stop - 1] == vocab.end_header_id).all())
+        assert layout.task == task and (layout.seq_len <= length if cap else layout.seq_len == length), task
+        check_layout(layout, vocab)
+
+
+def check_layout(layout, vocab: Vocab) -> None:
+    task, length = layout.task, layout.seq_len
+    assert layout.labels is not None and layout.labels.shape == layout.input_ids.shape
+    spans, prompt, answer = layout.spans, layout.spans.prompt, layout.spans.answer
+    assert bool((prompt.stop <= answer.start).all()) and bool((answer.stop <= length).all())
+    if task in ("t2i", "mmu", "r2i"):
+        image = layout.input_ids[spans.image.mask(length)].view(layout.batch_size, -1)
+        assert image.shape[1] == N and bool(vocab.is_image_token(image).all())
+    if task in ("mmu", "lm_chat"):  # the prompt ends right after the last <|end_header_id|>
+        rows = torch.arange(layout.batch_size)
+        assert bool((layout.input_ids[rows, prompt.stop - 1] == vocab.end_header_id).all())
 
 
 def test_mixture_layouts_share_one_length(files, tokenizer, vocab):
@@ -298,7 +304,7 @@ def test_world_cot_switch(tokenizer, vocab):
     assert all("<think>" in text and "</think>" in text for text in lm_chat)
     prompts = tokenizer.decode(cot_batches[0]["lm_chat"].input_ids[0].tolist())
     assert THINKING_INSTRUCTION in prompts
-    check_layouts(cot_batches[0], vocab, 400 + N + 3)
+    check_layouts(cot_batches[0], vocab, 400 + N + 3, cap=True)
     with pytest.raises(ValueError, match="batch_sizes.r2i"):
         world(tokenizer, vocab, cot=False, batch_sizes={"r2i": 1})
 
@@ -307,7 +313,10 @@ def test_world_pretrain_has_every_skill(tokenizer, vocab):
     source = make({"name": "world_pretrain", "max_text_len": 400, "pool_size": 64}, tokenizer, vocab)
     batch = next(iter(source))
     assert set(batch) == {"t2i", "mmu", "lm", "lm_chat"}
-    check_layouts(batch, vocab, 400 + N + 3)
+    check_layouts(batch, vocab, 400 + N + 3, cap=True)
+    full = next(iter(make({"name": "world_pretrain", "max_text_len": 400, "pool_size": 64, "pad_to": "max"},
+                          tokenizer, vocab)))
+    check_layouts(full, vocab, 400 + N + 3)
     assert not any("<think>" in text for text in answers(batch, tokenizer, vocab))
 
 
@@ -337,3 +346,31 @@ def test_parse_spec_types():
         parse_spec(TaskSpec, {"batch_size": "4"}, "t")
     assert parse_spec(TaskSpec, {"batch_size": 2, "cond_dropout_prob": 0}, "t").cond_dropout_prob == 0.0
     assert np.isclose(parse_spec(SourceSpec, {"source": "jsonl", "path": "a"}, "s").weight, 1.0)
+
+
+def test_world_padding_to_the_longest_row(tokenizer, vocab):
+    """pad_to=longest drops padding columns only. t2i captions are left-padded and hidden, so with relative
+    RoPE every real position gets the same logits as in the fully padded (official) layout; text rows keep
+    their EOS padding up to the longest answer of the micro-batch (LLaDA's SFT convention, §2.3)."""
+    from mmada.model import MMaDAModel, ModelConfig
+
+    torch.manual_seed(0)
+    config = ModelConfig.tiny(vocab_size=512, embedding_size=512, llm_vocab_size=319, codebook_size=128,
+                              mask_token_id=vocab.mask_id, eos_token_id=vocab.eos_id, pad_token_id=vocab.pad_id)
+    model = MMaDAModel(config).eval()
+    spec = {"name": "world_sft", "max_text_len": 400, "pool_size": 64, "cond_dropout_prob": 0.0,
+            "batch_sizes": {"t2i": 3, "mmu": 3, "lm_chat": 3}}
+    short = next(iter(make({**spec, "pad_to": "longest"}, tokenizer, vocab)))
+    full = next(iter(make({**spec, "pad_to": "max"}, tokenizer, vocab)))
+    a, b = short["t2i"], full["t2i"]
+    assert a.seq_len < b.seq_len and not bool(a.attention_mask[:, 1].all())  # some padding: a shorter caption
+    real_a, real_b = a.attention_mask.bool(), b.attention_mask.bool()
+    assert torch.equal(a.input_ids[real_a], b.input_ids[real_b])  # the same tokens, less padding
+    with torch.no_grad():
+        logits_a = model(a.input_ids, a.attention_mask, padding="hide")[real_a]
+        logits_b = model(b.input_ids, b.attention_mask, padding="hide")[real_b]
+    torch.testing.assert_close(logits_a, logits_b, atol=1e-4, rtol=1e-4)
+    for task in ("mmu", "lm_chat"):
+        a, b = short[task], full[task]
+        assert a.seq_len < b.seq_len and torch.equal(a.input_ids, b.input_ids[:, : a.seq_len]), task
+        assert bool((a.input_ids[:, -2] != vocab.eos_id).any()), task  # the longest answer ends at the last column

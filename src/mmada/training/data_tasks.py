@@ -213,9 +213,14 @@ def text_budget(task: str, max_text_len: int, seq_len: int) -> int:
     return seq_len if task in ("lm", "lm_chat") else max_text_len
 
 
+def text_length(ids: Sequence[int], vocab: Vocab) -> int:
+    """Tokens a row's text takes in a layout: bos (unless already there) + ids + eos."""
+    return len(ids) + (0 if ids and ids[0] == vocab.bos_id else 1) + 1
+
+
 def fits(ids: Sequence[int], budget: int, vocab: Vocab) -> bool:
     """Whether bos (unless already there) + ids + eos fit in `budget` tokens without truncation."""
-    return len(ids) + (0 if ids and ids[0] == vocab.bos_id else 1) + 1 <= budget
+    return text_length(ids, vocab) <= budget
 
 
 # ---------------------------------------------------------------------------------------------------
