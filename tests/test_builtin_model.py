@@ -8,6 +8,7 @@ tokenizers, the layouts, the samplers, the image tokenizer — changes these tok
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -46,9 +47,45 @@ def test_builtin_model_is_complete_and_the_default():
                  "scores.json", "image_tokenizer/tiny_arch.json"):
         assert (FOLDER / name).is_file(), name
     scores = json.loads((FOLDER / "scores.json").read_text())["scores"]
-    assert set(scores) == {"pretrain", "sft", "sft_nocot"}
+    assert set(scores) == {"pretrain", "sft", "sft_direct", "sft_nocot"}
 
 
 def test_builtin_model_outputs_do_not_drift(pipe):
     assert pipe.settings.resolution == 32 and pipe.num_image_tokens == 64
     assert outputs(pipe) == json.loads(GOLDEN.read_text())
+
+
+SLICE = 4
+"""Examples per group of the floor check (the recorded table used 50)."""
+FLOOR = 0.8
+"""The slice must reach this share of the recorded table value, counted in whole examples."""
+TASKS = ("arithmetic", "vqa", "t2i", "digit_t2i", "digit_recognition")
+
+
+@pytest.fixture(scope="module")
+def slice_scores(pipe):
+    from mmada.recipe import RecipeConfig, evaluate_stage
+
+    return evaluate_stage(FOLDER, RecipeConfig(eval_limit=SLICE), thinking=True)
+
+
+def floor(task: str, recorded: dict[str, float]) -> tuple[int, int]:
+    """(examples the slice must get right, examples in the slice) for one task of the recorded table."""
+    groups = [g for g in recorded if g not in ("overall", "think format")]
+    n = SLICE * len(groups)
+    return math.floor(FLOOR * recorded["overall"] * n), n
+
+
+def test_builtin_model_scores_above_its_floor(slice_scores):
+    """The model as committed still scores what its table says (the mixed-CoT SFT column, asked in thinking
+    mode), on a slice of the same suite with the same settings: per task, at least 80% of the recorded
+    accuracy in whole examples. A broken layer anywhere drops the tasks the model does solve to ~0."""
+    table = json.loads((FOLDER / "scores.json").read_text())["scores"]["sft"]
+    needed = 0
+    for task in TASKS:
+        need, n = floor(task, table[task])
+        got = round(slice_scores[task]["overall"] * n)
+        recorded = table[task]["overall"]
+        assert got >= need, f"{task}: {got}/{n} right on the slice < {need} (= {FLOOR} x recorded {recorded:.3f})"
+        needed += need
+    assert needed >= 10, f"the floor asks for only {needed} right answers in all: too weak to catch a regression"

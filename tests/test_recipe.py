@@ -44,5 +44,11 @@ def test_scaled_down_recipe_produces_every_artefact(tmp_path):
     assert pipe.generate("What is 2 + 3?", gen_length=8, steps=4, block_length=8).tokens.shape == (8,)
     assert pipe.text_to_image("a red circle", timesteps=2)[0].size == (32, 32)
     scores = json.loads((tmp_path / "scores.json").read_text())
-    assert set(scores["seconds"]) == {"pretrain", "sft", "sft_nocot", "total"}
-    assert "after sft" in (folder / "README.md").read_text()
+    assert set(scores["seconds"]) == {"pretrain", "sft", "sft_nocot", "pretrain eval", "sft eval", "sft_nocot eval",
+                                      "total"}
+    table = (tmp_path / "results.md").read_text()
+    assert table in (folder / "README.md").read_text()
+    header, _, *rows = table.splitlines()
+    assert header == ("| task | group | after pretraining | after mixed-CoT SFT "
+                      "| mixed-CoT SFT, asked without thinking | SFT without CoT (ablation) |")
+    assert any(row.startswith("| arithmetic | 3 steps | ") for row in rows) and len(rows) > 30

@@ -283,8 +283,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_recipe(args: argparse.Namespace) -> int:
     """Train MMaDA-tiny through the recipe: pretraining, mixed-CoT SFT, the no-CoT ablation, scores."""
-    from .evaluation.world import results_to_markdown
-    from .recipe import RecipeConfig, run_tiny_recipe
+    from .recipe import RecipeConfig, run_tiny_recipe, scores_table
 
     if args.name != "tiny":
         raise ValueError(f"unknown recipe {args.name!r}; available: tiny")
@@ -293,8 +292,8 @@ def cmd_recipe(args: argparse.Namespace) -> int:
                           eval_limit=args.limit, overrides=tuple(args.overrides), threads=args.threads,
                           seed=args.seed, progress=not args.quiet)
     result = run_tiny_recipe(recipe)
-    for stage, results in result.scores.items():
-        print(f"## after {stage}\n\n{results_to_markdown(results)}")
+    if result.scores:
+        print(scores_table(result.scores))
     print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in result.seconds.items()))
     print(f"MMaDA-tiny written to {result.model_dir}")
     return 0

@@ -27,6 +27,7 @@ from .world.judges import score_arithmetic, score_digit, score_format, score_t2i
 
 logger = logging.getLogger(__name__)
 T2I_PROMPTS = ("a red circle", "two blue squares", "a green triangle to the left of a yellow circle")
+DIGIT_PROMPT = "a handwritten digit 3"
 
 
 @dataclass
@@ -91,10 +92,12 @@ def _understanding(pipe: MMaDAPipeline, report: DemoReport) -> None:
 
 
 def _text_to_image(pipe: MMaDAPipeline, report: DemoReport, generator: torch.Generator) -> None:
+    shown: list[Image.Image] = []
     for i, prompt in enumerate(T2I_PROMPTS):
         steps = list(pipe.iter_text_to_image(prompt, generator=generator))
         image = pipe.decode_images(steps[-1].tokens)[0]
-        image.resize((128, 128), Image.Resampling.NEAREST).save(report.out_dir / f"t2i_{i}.png")
+        shown.append(image.resize((128, 128), Image.Resampling.NEAREST))
+        shown[-1].save(report.out_dir / f"t2i_{i}.png")
         if i == 0:
             _save_gif(pipe, steps, report.out_dir / "t2i_0_denoising.gif")
         verdict = score_t2i(np.asarray(image), prompt)
@@ -102,14 +105,15 @@ def _text_to_image(pipe: MMaDAPipeline, report: DemoReport, generator: torch.Gen
         report.show(
             f"text-to-image (t2i_{i}.png)", f"prompt: {prompt}{reasons}", float(bool(verdict)), f"t2i: {prompt}"
         )
-    image = pipe.text_to_image("a handwritten digit 3", generator=generator)[0]
-    image.resize((128, 128), Image.Resampling.NEAREST).save(report.out_dir / "t2i_digit.png")
-    report.show(
-        "text-to-image of a digit (t2i_digit.png)",
-        "prompt: a handwritten digit 3",
-        score_digit(np.asarray(image), 3),
-        "digit t2i",
-    )
+    image = pipe.text_to_image(DIGIT_PROMPT, generator=generator)[0]
+    shown.append(image.resize((128, 128), Image.Resampling.NEAREST))
+    shown[-1].save(report.out_dir / "t2i_digit.png")
+    verdict = score_digit(np.asarray(image), 3)
+    report.show("text-to-image of a digit (t2i_digit.png)", f"prompt: {DIGIT_PROMPT}", verdict, "digit t2i")
+    strip = Image.new("RGB", (128 * len(shown) + 8 * (len(shown) - 1), 128), "white")
+    for i, tile in enumerate(shown):
+        strip.paste(tile, (136 * i, 0))
+    strip.save(report.out_dir / "t2i.png")  # every prompt, left to right: T2I_PROMPTS then DIGIT_PROMPT
 
 
 def _editing(pipe: MMaDAPipeline, report: DemoReport, generator: torch.Generator) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .evaluation.world import Results, WorldEvalConfig, evaluate_world, results_to_markdown
+from .evaluation.world import Results, WorldEvalConfig, compare_to_markdown, evaluate_world
 from .pipelines import ImageSampling, MMaDAPipeline, PipelineSettings, TextSampling
 from .training.config import load_config, resolve_asset
 from .training.trainer import run_training
@@ -32,6 +32,14 @@ from .utils.device import seed_everything
 logger = logging.getLogger(__name__)
 
 STAGES = ("pretrain", "sft", "sft_nocot")
+STAGE_NAMES = {
+    "pretrain": "after pretraining",
+    "sft": "after mixed-CoT SFT",
+    "sft_direct": "mixed-CoT SFT, asked without thinking",
+    "sft_nocot": "SFT without CoT (ablation)",
+}
+"""Columns of the scores table; `sft_direct` is the SFT model asked for short answers (no thinking instruction)."""
+T2I_MAX_TEXT_LEN = 64
 CONFIGS = {"pretrain": "tiny_pretrain", "sft": "tiny_sft", "sft_nocot": "tiny_sft_nocot"}
 
 
@@ -57,6 +65,9 @@ class RecipeConfig:
     """`key=value` overrides applied to every stage."""
     pretrain_overrides: tuple[str, ...] = ()
     """Overrides of the pretraining stage only (e.g. `model.overrides.*`: the SFT stages inherit the model)."""
+    export_dtype: str = "bfloat16"
+    """Storage dtype of the exported weights (the released MMaDA checkpoints are bf16; half the size). Every
+    stage is scored from its exported weights, so the scores are those of what ships."""
     threads: int | None = None
     """torch threads (None = torch's default, all cores)."""
     seed: int = 0
@@ -90,16 +101,23 @@ def pipeline_settings(config: Any) -> PipelineSettings:
     data = config.data
     cot = data.get("name") == "world_sft" and data.get("cot", True)
     gen = 128 if cot else 32  # reasoning traces need room; short answers do not
+    # t2i caption budget: captions are left-padded and padding is hidden (objective.padding: hide), so any
+    # budget >= the caption gives the same image; world captions are <= 10 tokens, 64 keeps prompts short
     return PipelineSettings(
-        max_text_len=int(data["max_text_len"]),
+        max_text_len=min(int(data["max_text_len"]), T2I_MAX_TEXT_LEN),
         resolution=int(data.get("resolution", 32)),
         text=TextSampling(gen_length=gen, steps=gen // 2, block_length=32, temperature=0.0),
         image=ImageSampling(timesteps=12, guidance_scale=2.0),
     )
 
 
-def export_model(run_dir: Path, config: Any, out: Path, scores: dict[str, Results], seconds: dict[str, float]) -> Path:
-    """Copy the run's latest release checkpoint plus tokenizers, sampler defaults and a model card to `out`."""
+def export_model(
+    run_dir: Path, config: Any, out: Path, scores: dict[str, Results], seconds: dict[str, float], *,
+    dtype: str = "bfloat16",
+) -> Path:
+    """Copy the run's latest release checkpoint (weights stored as `dtype`) plus tokenizers, sampler defaults
+    and a model card to `out`."""
+    from .checkpoint.hf import load_model, save_model
     from .checkpoint.train_state import find_latest
 
     latest = find_latest(run_dir)
@@ -108,6 +126,8 @@ def export_model(run_dir: Path, config: Any, out: Path, scores: dict[str, Result
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(latest / "model", out)
+    if dtype != "float32":  # training keeps float32 weights; the release stores them like the 8B models
+        save_model(load_model(out), out, dtype=dtype)
     image_tokenizer = config.model.image_tokenizer
     if image_tokenizer:
         shutil.copytree(resolve_asset(image_tokenizer), out / "image_tokenizer")
@@ -137,10 +157,14 @@ def model_card(config: Any, scores: dict[str, Results], seconds: dict[str, float
         "",
         "## Scores on the world's evaluation suite (`mmada eval`)",
         "",
+        scores_table(scores) if scores else "(not evaluated)",
     ]
-    for stage, results in scores.items():
-        lines += [f"### after {stage}", "", results_to_markdown(results)]
     return "\n".join(lines) + "\n"
+
+
+def scores_table(scores: dict[str, Results]) -> str:
+    """The stage table of docs/results.md: task | group | one column per stage."""
+    return compare_to_markdown({STAGE_NAMES.get(stage, stage): results for stage, results in scores.items()})
 
 
 def evaluate_stage(model_dir: Path, recipe: RecipeConfig, thinking: bool) -> Results:
@@ -176,11 +200,19 @@ def run_tiny_recipe(recipe: RecipeConfig, stages: Sequence[str] = STAGES) -> Rec
         seconds[stage] = time.perf_counter() - t0
         if result.stopped_by is not None:
             raise RuntimeError(f"stage {stage} was stopped by {result.stopped_by}; rerun to resume it")
-        exported = export_model(out / stage, configs[stage], out / "models" / stage, {}, seconds)
+        exported = export_model(out / stage, configs[stage], out / "models" / stage, {}, seconds,
+                                dtype=recipe.export_dtype)
         if recipe.evaluate:
+            t0 = time.perf_counter()
             scores[stage] = evaluate_stage(exported, recipe, thinking=stage == "sft")
+            if stage == "sft":  # the same model asked for short answers: what thinking itself adds
+                scores["sft_direct"] = evaluate_stage(exported, recipe, thinking=False)
+            seconds[f"{stage} eval"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - start
     final_stage = "sft" if "sft" in todo else todo[-1]
-    final = export_model(out / final_stage, configs[final_stage], out / "mmada-tiny", scores, seconds)
+    final = export_model(out / final_stage, configs[final_stage], out / "mmada-tiny", scores, seconds,
+                         dtype=recipe.export_dtype)
     (out / "scores.json").write_text(json.dumps({"scores": scores, "seconds": seconds}, indent=2), encoding="utf-8")
+    if scores:
+        (out / "results.md").write_text(scores_table(scores), encoding="utf-8")
     return RecipeResult(final, scores, seconds)

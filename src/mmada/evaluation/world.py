@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -181,6 +181,19 @@ def results_to_markdown(results: Results) -> str:
         lines += [f"| {group} | {100 * score:.1f}% |" for group, score in groups.items()]
         lines.append("")
     return "\n".join(lines)
+
+
+def compare_to_markdown(columns: Mapping[str, Results]) -> str:
+    """One table, task | group | one column per run (e.g. the recipe's stages); missing groups show "-"."""
+    names = list(columns)
+    first = columns[names[0]]
+    lines = ["| task | group | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for task, groups in first.items():
+        for group in groups:
+            cells = [columns[name].get(task, {}).get(group) for name in names]
+            lines.append(f"| {task} | {group} | " + " | ".join("-" if c is None else f"{100 * c:.1f}%" for c in cells)
+                         + " |")
+    return "\n".join(lines) + "\n"
 
 
 def save_results(results: Results, path: str) -> None:
