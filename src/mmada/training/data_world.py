@@ -104,9 +104,10 @@ class WorldSpec:
     """L; default M + N + 3."""
     pad_to: Literal["longest", "max"] = "longest"
     """"longest": each task's rows are padded to the longest row of its micro-batch (M and L are caps);
-    "max": to M / L, as the official loaders do. Padding is hidden from attention (`objective.padding:
-    hide`) and RoPE is relative, so the two train the same function; "longest" skips computing padding
-    (t2i rows shrink from M + 67 to ~20 + 67 tokens)."""
+    "max": to M / L, as the official loaders do. t2i captions are left-padded with hidden padding
+    (`objective.padding: hide`) and RoPE is relative, so t2i rows train the same function either way;
+    text rows keep their EOS padding up to the micro-batch's longest answer (LLaDA's SFT convention).
+    "longest" skips computing padding (t2i rows shrink from M + 67 to ~10 + 67 tokens)."""
 
     def __post_init__(self) -> None:
         for key, low in (("max_text_len", 2), ("resolution", 1), ("pool_size", 1)):
