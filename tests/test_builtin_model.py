@@ -69,7 +69,7 @@ def slice_scores(pipe):
     return evaluate_stage(FOLDER, RecipeConfig(eval_limit=SLICE), thinking=True)
 
 
-def floor(task: str, recorded: dict[str, float]) -> tuple[int, int]:
+def floor(recorded: dict[str, float]) -> tuple[int, int]:
     """(examples the slice must get right, examples in the slice) for one task of the recorded table."""
     groups = [g for g in recorded if g not in ("overall", "think format")]
     n = SLICE * len(groups)
@@ -83,7 +83,7 @@ def test_builtin_model_scores_above_its_floor(slice_scores):
     table = json.loads((FOLDER / "scores.json").read_text())["scores"]["sft"]
     needed = 0
     for task in TASKS:
-        need, n = floor(task, table[task])
+        need, n = floor(table[task])
         got = round(slice_scores[task]["overall"] * n)
         recorded = table[task]["overall"]
         assert got >= need, f"{task}: {got}/{n} right on the slice < {need} (= {FLOOR} x recorded {recorded:.3f})"

@@ -27,7 +27,8 @@ from .world.judges import score_arithmetic, score_digit, score_format, score_t2i
 
 logger = logging.getLogger(__name__)
 T2I_PROMPTS = ("a red circle", "two blue squares", "a green triangle to the left of a yellow circle")
-DIGIT_PROMPT = "a handwritten digit 3"
+DIGIT = 3
+DIGIT_PROMPT = f"a handwritten digit {DIGIT}"
 
 
 @dataclass
@@ -91,13 +92,18 @@ def _understanding(pipe: MMaDAPipeline, report: DemoReport) -> None:
                "reading a real handwritten digit", "digit recognition")
 
 
+def _save_tile(image: Image.Image, path: Path, shown: list[Image.Image]) -> None:
+    """Save a 128x128 nearest-neighbour enlargement of a 32x32 image and keep it for the strip."""
+    shown.append(image.resize((128, 128), Image.Resampling.NEAREST))
+    shown[-1].save(path)
+
+
 def _text_to_image(pipe: MMaDAPipeline, report: DemoReport, generator: torch.Generator) -> None:
     shown: list[Image.Image] = []
     for i, prompt in enumerate(T2I_PROMPTS):
         steps = list(pipe.iter_text_to_image(prompt, generator=generator))
         image = pipe.decode_images(steps[-1].tokens)[0]
-        shown.append(image.resize((128, 128), Image.Resampling.NEAREST))
-        shown[-1].save(report.out_dir / f"t2i_{i}.png")
+        _save_tile(image, report.out_dir / f"t2i_{i}.png", shown)
         if i == 0:
             _save_gif(pipe, steps, report.out_dir / "t2i_0_denoising.gif")
         verdict = score_t2i(np.asarray(image), prompt)
@@ -106,9 +112,8 @@ def _text_to_image(pipe: MMaDAPipeline, report: DemoReport, generator: torch.Gen
             f"text-to-image (t2i_{i}.png)", f"prompt: {prompt}{reasons}", float(bool(verdict)), f"t2i: {prompt}"
         )
     image = pipe.text_to_image(DIGIT_PROMPT, generator=generator)[0]
-    shown.append(image.resize((128, 128), Image.Resampling.NEAREST))
-    shown[-1].save(report.out_dir / "t2i_digit.png")
-    verdict = score_digit(np.asarray(image), 3)
+    _save_tile(image, report.out_dir / "t2i_digit.png", shown)
+    verdict = score_digit(np.asarray(image), DIGIT)
     report.show("text-to-image of a digit (t2i_digit.png)", f"prompt: {DIGIT_PROMPT}", verdict, "digit t2i")
     strip = Image.new("RGB", (128 * len(shown) + 8 * (len(shown) - 1), 128), "white")
     for i, tile in enumerate(shown):
