@@ -156,3 +156,116 @@ def test_objective_on_real_layouts_equals_the_full_head_computation(model, refer
     out.total.backward()
     assert model.head.weight.grad is not None and torch.isfinite(model.head.weight.grad).all()
     model.zero_grad(set_to_none=True)
+
+
+# ---- answer-loss options for models trained from scratch ---------------------------------------------------
+class TableModel(torch.nn.Module):
+    """Logits that depend only on the position: row-independent, so every loss can be computed by hand."""
+
+    def __init__(self, logits):  # (L, V)
+        super().__init__()
+        self.table = logits
+        self.config = type("C", (), {"mask_token_id": 9})()
+
+    def forward(self, ids, mask, *, positions, padding):
+        return self.table.expand(ids.shape[0], -1, -1)[positions]
+
+
+def _answer_layout(task="mmu"):
+    """Two rows of length 8: prompt [0, 3); answers '4 eos | pad pad pad' and '5 6 7 eos | pad'."""
+    ids = torch.tensor([[1, 2, 3, 4, 0, 0, 0, 0], [1, 2, 3, 5, 6, 7, 0, 0]])
+    prompt = torch.zeros(2, 8, dtype=torch.bool)
+    prompt[:, :3] = True
+    text = Span(torch.tensor([0, 0]), torch.tensor([5, 7]))  # bos through the first eos (id 0)
+    spans = LayoutSpans(text=text, prompt=Span.fixed(0, 3, 2), answer=Span.fixed(3, 8, 2), image=Span.fixed(8, 8, 2))
+    return TokenLayout(task, ids, torch.ones(2, 8, dtype=torch.bool), prompt, spans)
+
+
+def _table():
+    return torch.log_softmax(torch.arange(80, dtype=torch.float32).reshape(8, 10).sin() * 3, dim=-1)
+
+
+def _ce(table, position, target):
+    return -table[position, target]
+
+
+def test_answer_padding_ignored_and_whole_short_answers_on_a_hand_made_case():
+    table, layout = _table(), _answer_layout()
+    cfg = ObjectiveConfig(answer_padding={"mmu": "ignore"}, whole_answer_max_tokens={"mmu": 4})
+    objective = MaskedDiffusionObjective(cfg)
+    noised = objective.noise("mmu", layout, 9, torch.Generator().manual_seed(0))
+    # both answers (2 and 4 tokens without padding) are masked whole, padding included, at p = 1 ...
+    assert torch.equal(noised.masked.is_masked, ~layout.prompt_mask)
+    assert torch.equal(noised.masked.p_mask, torch.ones(2, 1))
+    # ... but only the answer through its first eos is a target
+    expected_positions = torch.zeros(2, 8, dtype=torch.bool)
+    expected_positions[0, 3:5] = True
+    expected_positions[1, 3:7] = True
+    assert torch.equal(noised.loss_positions, expected_positions)
+    loss = objective.loss(TableModel(table), [noised]).per_task["mmu"]
+    row0 = (_ce(table, 3, 4) + _ce(table, 4, 0)) / 2
+    row1 = (_ce(table, 3, 5) + _ce(table, 4, 6) + _ce(table, 5, 7) + _ce(table, 6, 0)) / 4
+    torch.testing.assert_close(loss, (row0 + row1) / 2)
+
+
+def test_official_answer_loss_trains_the_padding_and_divides_by_the_padded_length():
+    table, layout = _table(), _answer_layout()
+    objective = MaskedDiffusionObjective(ObjectiveConfig(whole_answer_max_tokens={"mmu": 4}))
+    noised = objective.noise("mmu", layout, 9, torch.Generator().manual_seed(0))
+    assert torch.equal(noised.loss_positions, ~layout.prompt_mask)  # every answer position, padding too
+    loss = objective.loss(TableModel(table), [noised]).per_task["mmu"]
+    targets = layout.input_ids
+    rows = [sum(_ce(table, j, targets[i, j]) for j in range(3, 8)) / 5 for i in range(2)]
+    torch.testing.assert_close(loss, (rows[0] + rows[1]) / 2)
+
+
+def test_whole_answer_masking_only_for_short_answers():
+    layout = _answer_layout()
+    objective = MaskedDiffusionObjective(ObjectiveConfig(whole_answer_max_tokens={"mmu": 2}))
+    p = torch.stack([objective.noise("mmu", layout, 9, torch.Generator().manual_seed(s)).masked.p_mask[:, 0]
+                     for s in range(200)])  # (200, 2)
+    assert bool((p[:, 0] == 1).all())  # 2 tokens: always whole, weight 1
+    assert bool((p[:, 1] < 1).all()) and 0.4 < float(p[:, 1].mean()) < 0.6  # 4 tokens: LLaDA's t ~ U(0, 1)
+
+
+def test_default_objective_noises_exactly_as_llada():
+    """No option set: the same draws and positions as `mask_text` with the same generator (official path)."""
+    layout = _answer_layout()
+    noised = MaskedDiffusionObjective().noise("mmu", layout, 9, torch.Generator().manual_seed(3))
+    reference = mask_text(layout.input_ids, ~layout.prompt_mask, mask_id=9, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(noised.masked.noisy, reference.noisy) and torch.equal(noised.loss_positions, reference.is_masked)
+    assert torch.equal(noised.masked.p_mask, reference.p_mask)
+
+
+def test_tokens_normalisation_without_padding_divides_by_the_real_tokens():
+    table, layout = _table(), _answer_layout("lm")
+    for ignore, divisor in ((False, 2 * 8), (True, 2 + 4)):
+        cfg = ObjectiveConfig(lm_normalize="tokens", answer_padding={"lm": "ignore"} if ignore else {},
+                              whole_answer_max_tokens={"lm": 8})
+        objective = MaskedDiffusionObjective(cfg)
+        noised = objective.noise("lm", layout, 9, torch.Generator().manual_seed(0))
+        loss = objective.loss(TableModel(table), [noised]).per_task["lm"]
+        pos = noised.loss_positions
+        total = sum(_ce(table, j, layout.input_ids[i, j]) for i, j in pos.nonzero().tolist())
+        torch.testing.assert_close(loss, total / divisor)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"answer_padding": {"t2i": "ignore"}}, "answer_padding.t2i`: not a text task"),
+    ({"answer_padding": {"mmu": "drop"}}, "answer_padding.mmu` must be 'train' or 'ignore'"),
+    ({"whole_answer_max_tokens": {"mmu": -1}}, "whole_answer_max_tokens.mmu` must be an integer >= 0"),
+])
+def test_bad_answer_options_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ObjectiveConfig(**kwargs)
+
+
+def test_answer_options_from_yaml_overrides():
+    from mmada.training.config import load_config
+
+    cfg = load_config(["tiny_pretrain"], ["objective.answer_padding.mmu=ignore",
+                                          "objective.whole_answer_max_tokens.lm_chat=3"])
+    assert cfg.objective.ignores_padding("mmu") and not cfg.objective.ignores_padding("lm")
+    assert cfg.objective.whole_answer_max_tokens["lm_chat"] == 3
+    official = load_config(["stage1_3"]).objective
+    assert official.answer_padding == {} and official.whole_answer_max_tokens == {}

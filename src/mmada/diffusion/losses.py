@@ -51,6 +51,7 @@ def diffusion_text_loss(
     normalize: Normalize,
     seq_len: int | None = None,
     answer_lengths: Tensor | None = None,
+    tokens_exclude_padding: bool = False,
 ) -> Tensor:
     """LLaDA's 1/p-weighted masked cross-entropy.
 
@@ -64,8 +65,14 @@ def diffusion_text_loss(
             sum_row / answer_lengths[row].
         seq_len: L, needed for "tokens".
         answer_lengths: (B,) per-row answer lengths (clamped to >= 1), needed for "answer_length".
+        tokens_exclude_padding: with "tokens", divide by `answer_lengths.sum()` (the real tokens) instead
+            of B * seq_len (every position, padding included).
     """
     ce = F.cross_entropy(logits.float(), targets, reduction="none") / p_mask  # (N,)
+    if normalize == "tokens" and tokens_exclude_padding:
+        if answer_lengths is None:
+            raise ValueError("tokens_exclude_padding needs answer_lengths")
+        return ce.sum() / answer_lengths.to(ce.device, torch.float32).sum().clamp(min=1)
     if normalize == "tokens":
         if seq_len is None:
             raise ValueError("normalize='tokens' needs seq_len")

@@ -16,12 +16,21 @@ Official quirks reproduced by default (each can be turned off in `ObjectiveConfi
   0/1 mask added as a bias); "hide" masks padding out properly.
 * `t2i_include_delimiters=True`: the t2i mean also covers the visible `<|soi|>`/`<|eoi|>` positions.
 * EOS padding of text rows is part of the answer and a target (LLaDA convention; Gen-Verse/MMaDA #61).
+
+Two answer-loss options for models trained from scratch, chosen per task (defaults: the official loss).
+A one-word answer padded with EOS to the micro-batch's longest row, and noised by LLaDA's t ~ U(0, 1),
+gets almost no gradient: the padding dominates the loss and its divisor, and the word is hidden in only
+half of the rows, with a 1/t weight that spikes when t is small (measured in docs/results.md):
+* `answer_padding: {task: ignore}`: only the answer text through its first EOS is a target and counts in
+  the divisor; the EOS padding after it stays masked in the input (as at inference) but has no loss.
+* `whole_answer_max_tokens: {task: n}`: rows whose answer (without padding) has at most n tokens are
+  masked whole (t = 1: plain cross-entropy, weight 1); longer answers (CoT traces) keep LLaDA's rule.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 import torch
@@ -35,6 +44,7 @@ from ..prompting import TokenLayout
 TEXT_TASKS = ("lm", "lm_chat", "mmu")
 IMAGE_TASKS = ("t2i",)
 TASKS = (*IMAGE_TASKS, *TEXT_TASKS, "r2i")
+AnswerPadding = Literal["train", "ignore"]
 
 
 class Objective(Protocol):
@@ -67,6 +77,10 @@ class ObjectiveConfig:
     """Official quirk: `<|soi|>` and `<|eoi|>` enter the t2i mean as (visible) targets."""
     padding: Literal["soft", "hide"] = "soft"
     """Official quirk "soft": padding visible to attention during training; "hide" masks it."""
+    answer_padding: dict[str, AnswerPadding] = field(default_factory=dict)
+    """Per text task: "train" (official: EOS padding is a target and in the divisor) or "ignore"."""
+    whole_answer_max_tokens: dict[str, int] = field(default_factory=dict)
+    """Per text task: answers of at most this many tokens (padding excluded) are masked whole; 0 = off."""
 
     def __post_init__(self) -> None:
         for name in ("t2i_coeff", "lm_coeff", "mmu_coeff"):
@@ -74,6 +88,17 @@ class ObjectiveConfig:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}")
         if self.padding not in ("soft", "hide"):
             raise ValueError(f"`padding` must be 'soft' or 'hide', got {self.padding!r}")
+        for name, valid in (("answer_padding", lambda v: v in ("train", "ignore")),
+                            ("whole_answer_max_tokens", lambda v: isinstance(v, int) and v >= 0)):
+            for task, value in getattr(self, name).items():
+                if task not in TEXT_TASKS:
+                    raise ValueError(f"`{name}.{task}`: not a text task; expected one of {TEXT_TASKS}")
+                if not valid(value):
+                    expected = "'train' or 'ignore'" if name == "answer_padding" else "an integer >= 0"
+                    raise ValueError(f"`{name}.{task}` must be {expected}, got {value!r}")
+
+    def ignores_padding(self, task: str) -> bool:
+        return self.answer_padding.get(task, "train") == "ignore"
 
 
 @dataclass(frozen=True)
@@ -111,8 +136,15 @@ class MaskedDiffusionObjective:
             return NoisedTask(task, layout, masked, positions)
         if task in (*TEXT_TASKS, "r2i"):
             # r2i: the <think> text and the image are the jointly masked response (text rule for both)
-            masked = mask_text(ids, ~layout.prompt_mask, mask_id=mask_id, eps=cfg.eps, generator=generator)
-            return NoisedTask(task, layout, masked, masked.is_masked)
+            t = None
+            if limit := cfg.whole_answer_max_tokens.get(task, 0):
+                t = torch.rand(layout.batch_size, generator=generator, device=ids.device)
+                t = torch.where(answer_text_lengths(layout) <= limit, torch.ones_like(t), t)
+            masked = mask_text(ids, ~layout.prompt_mask, mask_id=mask_id, eps=cfg.eps, t=t, generator=generator)
+            positions = masked.is_masked
+            if cfg.ignores_padding(task):
+                positions = positions & layout.spans.text.mask(layout.seq_len)
+            return NoisedTask(task, layout, masked, positions)
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
 
     def __call__(
@@ -154,13 +186,17 @@ class MaskedDiffusionObjective:
             return image_token_loss(logits, targets)
         rows = pos.nonzero()[:, 0]
         p = masked.p_mask.expand_as(pos)[pos]
-        if item.task == "lm" and self.config.lm_normalize == "tokens":
-            return diffusion_text_loss(logits, targets, p, rows, batch_size=layout.batch_size, normalize="tokens",
-                                       seq_len=layout.seq_len)
-        answer_lengths = (~layout.prompt_mask).sum(dim=1)
+        ignore = self.config.ignores_padding(item.task)
+        answer_lengths = answer_text_lengths(layout) if ignore else (~layout.prompt_mask).sum(dim=1)
         normalize = self.config.lm_normalize if item.task == "lm" else self.config.chat_normalize
         return diffusion_text_loss(logits, targets, p, rows, batch_size=layout.batch_size, normalize=normalize,
-                                   seq_len=layout.seq_len, answer_lengths=answer_lengths)
+                                   seq_len=layout.seq_len, answer_lengths=answer_lengths,
+                                   tokens_exclude_padding=ignore)
+
+
+def answer_text_lengths(layout: TokenLayout) -> Tensor:
+    """(B,) answer tokens of each row through its first EOS, without the EOS padding after it."""
+    return (layout.spans.text.stop - layout.spans.answer.start).clamp(min=0)
 
 
 def _by_length(items: list[NoisedTask]) -> list[list[NoisedTask]]:
