@@ -194,8 +194,9 @@ def test_answer_padding_ignored_and_whole_short_answers_on_a_hand_made_case():
     cfg = ObjectiveConfig(answer_padding={"mmu": "ignore"}, whole_answer_max_tokens={"mmu": 4})
     objective = MaskedDiffusionObjective(cfg)
     noised = objective.noise("mmu", layout, 9, torch.Generator().manual_seed(0))
-    # both answers (2 and 4 tokens without padding) are masked whole, padding included, at p = 1 ...
-    assert torch.equal(noised.masked.is_masked, ~layout.prompt_mask)
+    # both answers (2 and 4 tokens without padding) are masked whole at p = 1 (the padding at the row's t) ...
+    real = ~layout.prompt_mask & layout.spans.text.mask(8)
+    assert bool(noised.masked.is_masked[real].all()) and not bool(noised.masked.is_masked[layout.prompt_mask].any())
     assert torch.equal(noised.masked.p_mask, torch.ones(2, 1))
     # ... but only the answer through its first eos is a target
     expected_positions = torch.zeros(2, 8, dtype=torch.bool)
@@ -212,11 +213,35 @@ def test_official_answer_loss_trains_the_padding_and_divides_by_the_padded_lengt
     table, layout = _table(), _answer_layout()
     objective = MaskedDiffusionObjective(ObjectiveConfig(whole_answer_max_tokens={"mmu": 4}))
     noised = objective.noise("mmu", layout, 9, torch.Generator().manual_seed(0))
-    assert torch.equal(noised.loss_positions, ~layout.prompt_mask)  # every answer position, padding too
+    assert torch.equal(noised.loss_positions, noised.masked.is_masked)  # masked padding is a target too
     loss = objective.loss(TableModel(table), [noised]).per_task["mmu"]
-    targets = layout.input_ids
-    rows = [sum(_ce(table, j, targets[i, j]) for j in range(3, 8)) / 5 for i in range(2)]
+    targets, pos = layout.input_ids, noised.loss_positions
+    rows = [sum(_ce(table, j, targets[i, j]) for j in range(3, 8) if pos[i, j]) / 5 for i in range(2)]
     torch.testing.assert_close(loss, (rows[0] + rows[1]) / 2)
+
+
+def test_answer_padding_as_target_divides_by_the_real_length():
+    table, layout = _table(), _answer_layout()
+    cfg = ObjectiveConfig(answer_padding={"mmu": "target"}, whole_answer_max_tokens={"mmu": 4})
+    objective = MaskedDiffusionObjective(cfg)
+    for seed in range(5):
+        noised = objective.noise("mmu", layout, 9, torch.Generator().manual_seed(seed))
+        pos = noised.loss_positions
+        assert torch.equal(pos, noised.masked.is_masked)  # padding that is masked is learned
+        loss = objective.loss(TableModel(table), [noised]).per_task["mmu"]
+        rows = [sum(_ce(table, j, layout.input_ids[i, j]) for j in range(3, 8) if pos[i, j]) / n
+                for i, n in ((0, 2), (1, 4))]  # real answer lengths: '4 eos' and '5 6 7 eos'
+        torch.testing.assert_close(loss, (rows[0] + rows[1]) / 2)
+
+
+def test_short_answers_are_always_hidden_while_their_padding_follows_t():
+    layout = _answer_layout()
+    objective = MaskedDiffusionObjective(ObjectiveConfig(whole_answer_max_tokens={"mmu": 4}))
+    hidden = torch.stack([objective.noise("mmu", layout, 9, torch.Generator().manual_seed(s)).masked.is_masked
+                          for s in range(200)]).float()  # (200, 2, 8)
+    assert bool((hidden[:, 0, 3:5] == 1).all()) and bool((hidden[:, 1, 3:7] == 1).all())
+    padding = hidden[:, 0, 5:8]
+    assert 0.35 < float(padding.mean()) < 0.65 and float(padding.mean(1).std()) > 0.2  # rate t ~ U(0, 1) per row
 
 
 def test_whole_answer_masking_only_for_short_answers():
@@ -239,8 +264,8 @@ def test_default_objective_noises_exactly_as_llada():
 
 def test_tokens_normalisation_without_padding_divides_by_the_real_tokens():
     table, layout = _table(), _answer_layout("lm")
-    for ignore, divisor in ((False, 2 * 8), (True, 2 + 4)):
-        cfg = ObjectiveConfig(lm_normalize="tokens", answer_padding={"lm": "ignore"} if ignore else {},
+    for mode, divisor in (("train", 2 * 8), ("ignore", 2 + 4), ("target", 2 + 4)):
+        cfg = ObjectiveConfig(lm_normalize="tokens", answer_padding={"lm": mode},
                               whole_answer_max_tokens={"lm": 8})
         objective = MaskedDiffusionObjective(cfg)
         noised = objective.noise("lm", layout, 9, torch.Generator().manual_seed(0))
@@ -252,7 +277,7 @@ def test_tokens_normalisation_without_padding_divides_by_the_real_tokens():
 
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"answer_padding": {"t2i": "ignore"}}, "answer_padding.t2i`: not a text task"),
-    ({"answer_padding": {"mmu": "drop"}}, "answer_padding.mmu` must be 'train' or 'ignore'"),
+    ({"answer_padding": {"mmu": "drop"}}, "answer_padding.mmu` must be 'train', 'target' or 'ignore'"),
     ({"whole_answer_max_tokens": {"mmu": -1}}, "whole_answer_max_tokens.mmu` must be an integer >= 0"),
 ])
 def test_bad_answer_options_are_refused(kwargs, message):

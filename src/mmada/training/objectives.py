@@ -21,10 +21,15 @@ Two answer-loss options for models trained from scratch, chosen per task (defaul
 A one-word answer padded with EOS to the micro-batch's longest row, and noised by LLaDA's t ~ U(0, 1),
 gets almost no gradient: the padding dominates the loss and its divisor, and the word is hidden in only
 half of the rows, with a 1/t weight that spikes when t is small (measured in docs/results.md):
-* `answer_padding: {task: ignore}`: only the answer text through its first EOS is a target and counts in
-  the divisor; the EOS padding after it stays masked in the input (as at inference) but has no loss.
-* `whole_answer_max_tokens: {task: n}`: rows whose answer (without padding) has at most n tokens are
-  masked whole (t = 1: plain cross-entropy, weight 1); longer answers (CoT traces) keep LLaDA's rule.
+* `answer_padding: {task: mode}`: "train" (official) keeps the EOS padding after the first EOS as targets
+  and in the divisor; "target" keeps them as targets (the model learns that an answer ends and what
+  follows it: the sampler fills every generated position) but divides by the real answer length only;
+  "ignore" drops them from the loss and the divisor (they stay masked in the input). Measured: "ignore"
+  leaves the tail untrained, and the sampler then commits EOS right after the answer starts.
+* `whole_answer_max_tokens: {task: n}`: in rows whose answer (without padding) has at most n tokens,
+  every real answer token is masked and weighs 1 (no 1/t), while the padding keeps the row's t ~ U(0, 1),
+  so the word is learned next to every amount of visible padding, as the sampler shows it; longer answers
+  (CoT traces) keep LLaDA's rule.
 """
 
 from __future__ import annotations
@@ -44,7 +49,8 @@ from ..prompting import TokenLayout
 TEXT_TASKS = ("lm", "lm_chat", "mmu")
 IMAGE_TASKS = ("t2i",)
 TASKS = (*IMAGE_TASKS, *TEXT_TASKS, "r2i")
-AnswerPadding = Literal["train", "ignore"]
+AnswerPadding = Literal["train", "target", "ignore"]
+ANSWER_PADDING = ("train", "target", "ignore")
 
 
 class Objective(Protocol):
@@ -78,9 +84,10 @@ class ObjectiveConfig:
     padding: Literal["soft", "hide"] = "soft"
     """Official quirk "soft": padding visible to attention during training; "hide" masks it."""
     answer_padding: dict[str, AnswerPadding] = field(default_factory=dict)
-    """Per text task: "train" (official: EOS padding is a target and in the divisor) or "ignore"."""
+    """Per text task: "train" (official: EOS padding is a target and in the divisor), "target" (a target, not in
+    the divisor) or "ignore" (neither)."""
     whole_answer_max_tokens: dict[str, int] = field(default_factory=dict)
-    """Per text task: answers of at most this many tokens (padding excluded) are masked whole; 0 = off."""
+    """Per text task: answers of at most this many tokens (padding excluded) are always masked, weight 1; 0 = off."""
 
     def __post_init__(self) -> None:
         for name in ("t2i_coeff", "lm_coeff", "mmu_coeff"):
@@ -88,17 +95,22 @@ class ObjectiveConfig:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}")
         if self.padding not in ("soft", "hide"):
             raise ValueError(f"`padding` must be 'soft' or 'hide', got {self.padding!r}")
-        for name, valid in (("answer_padding", lambda v: v in ("train", "ignore")),
+        for name, valid in (("answer_padding", lambda v: v in ANSWER_PADDING),
                             ("whole_answer_max_tokens", lambda v: isinstance(v, int) and v >= 0)):
             for task, value in getattr(self, name).items():
                 if task not in TEXT_TASKS:
                     raise ValueError(f"`{name}.{task}`: not a text task; expected one of {TEXT_TASKS}")
                 if not valid(value):
-                    expected = "'train' or 'ignore'" if name == "answer_padding" else "an integer >= 0"
+                    expected = "'train', 'target' or 'ignore'" if name == "answer_padding" else "an integer >= 0"
                     raise ValueError(f"`{name}.{task}` must be {expected}, got {value!r}")
 
     def ignores_padding(self, task: str) -> bool:
+        """The EOS padding after the first EOS is not a target."""
         return self.answer_padding.get(task, "train") == "ignore"
+
+    def divides_by_real_length(self, task: str) -> bool:
+        """The divisor counts the answer through its first EOS, not the padding after it."""
+        return self.answer_padding.get(task, "train") != "train"
 
 
 @dataclass(frozen=True)
@@ -136,11 +148,9 @@ class MaskedDiffusionObjective:
             return NoisedTask(task, layout, masked, positions)
         if task in (*TEXT_TASKS, "r2i"):
             # r2i: the <think> text and the image are the jointly masked response (text rule for both)
-            t = None
+            masked = mask_text(ids, ~layout.prompt_mask, mask_id=mask_id, eps=cfg.eps, generator=generator)
             if limit := cfg.whole_answer_max_tokens.get(task, 0):
-                t = torch.rand(layout.batch_size, generator=generator, device=ids.device)
-                t = torch.where(answer_text_lengths(layout) <= limit, torch.ones_like(t), t)
-            masked = mask_text(ids, ~layout.prompt_mask, mask_id=mask_id, eps=cfg.eps, t=t, generator=generator)
+                masked = _mask_short_answers(masked, layout, limit, mask_id)
             positions = masked.is_masked
             if cfg.ignores_padding(task):
                 positions = positions & layout.spans.text.mask(layout.seq_len)
@@ -186,12 +196,21 @@ class MaskedDiffusionObjective:
             return image_token_loss(logits, targets)
         rows = pos.nonzero()[:, 0]
         p = masked.p_mask.expand_as(pos)[pos]
-        ignore = self.config.ignores_padding(item.task)
-        answer_lengths = answer_text_lengths(layout) if ignore else (~layout.prompt_mask).sum(dim=1)
+        real = self.config.divides_by_real_length(item.task)
+        answer_lengths = answer_text_lengths(layout) if real else (~layout.prompt_mask).sum(dim=1)
         normalize = self.config.lm_normalize if item.task == "lm" else self.config.chat_normalize
         return diffusion_text_loss(logits, targets, p, rows, batch_size=layout.batch_size, normalize=normalize,
                                    seq_len=layout.seq_len, answer_lengths=answer_lengths,
-                                   tokens_exclude_padding=ignore)
+                                   tokens_exclude_padding=real)
+
+
+def _mask_short_answers(masked: MaskedBatch, layout: TokenLayout, limit: int, mask_id: int) -> MaskedBatch:
+    """Rows whose answer has at most `limit` real tokens: every real answer token hidden, p = 1 (weight 1)."""
+    short = (answer_text_lengths(layout) <= limit)[:, None]  # (B, 1)
+    real = ~layout.prompt_mask & layout.spans.text.mask(layout.seq_len)  # (B, L)
+    hidden = masked.is_masked | (short & real)
+    p_mask = torch.where(short, torch.ones_like(masked.p_mask), masked.p_mask)
+    return MaskedBatch(torch.where(hidden, mask_id, layout.input_ids), hidden, p_mask)
 
 
 def answer_text_lengths(layout: TokenLayout) -> Tensor:
