@@ -442,6 +442,7 @@ def cmd_world_train_tokenizers(args: argparse.Namespace) -> int:
     from .world.tokenizers import (
         IMAGE_TOKENIZER_SUBDIR,
         TEXT_TOKENIZER_SUBDIR,
+        build_world_patch_codebook,
         evaluate_tokenizers,
         format_evaluation,
         train_image_tokenizer,
@@ -455,8 +456,11 @@ def cmd_world_train_tokenizers(args: argparse.Namespace) -> int:
     text_seconds = time.perf_counter() - start
     print(f"wrote {text_dir} ({text_seconds:.1f} s)")
     start = time.perf_counter()
-    image_dir = train_image_tokenizer(args.output / IMAGE_TOKENIZER_SUBDIR, steps=args.steps, seed=args.seed,
-                                      progress=not args.quiet)
+    image_dir = args.output / IMAGE_TOKENIZER_SUBDIR
+    if args.image_tokenizer == "magvit":
+        train_image_tokenizer(image_dir, steps=args.steps, seed=args.seed, progress=not args.quiet)
+    else:
+        build_world_patch_codebook(image_dir, seed=args.seed)
     image_seconds = time.perf_counter() - start
     print(f"wrote {image_dir} ({image_seconds:.1f} s on {torch.get_num_threads()} threads)")
     results = evaluate_tokenizers(text_dir, image_dir)
@@ -504,11 +508,14 @@ def _add_world_commands(sub: Any) -> None:
     commands = world.add_subparsers(dest="world_command", required=True, metavar="WORLD_COMMAND")
 
     p = commands.add_parser("train-tokenizers", help="train the world's text and image tokenizers and evaluate them")
+    p.add_argument("--image-tokenizer", choices=("patches", "magvit"), default="patches",
+                   help="patches: the committed patch codebook (one code per exact 4x4 patch, ~10 s); magvit: a "
+                   "learned MAGVIT-v2/LFQ (~5 min; its codes depend on each patch's neighbourhood)")
     p.add_argument("-o", "--output", type=Path, default=Path("world-tokenizers"),
                    help="folder for text_tokenizer/ and image_tokenizer/ (default: world-tokenizers; the "
                    "committed ones live in src/mmada/world/assets)")
     p.add_argument("--seed", type=int, default=0, help="selects corpora, initial weights and batches (default: 0)")
-    p.add_argument("--steps", type=int, default=None, help="image tokenizer optimizer steps (default: the recipe's)")
+    p.add_argument("--steps", type=int, default=None, help="magvit optimizer steps (default: the recipe's)")
     p.add_argument("--vocab-size", type=int, default=None, help="text tokens incl. specials (default: the recipe's)")
     p.add_argument("--json", type=Path, default=None, help="also write the evaluation as JSON")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's; the image "

@@ -29,7 +29,15 @@ from PIL import Image
 from torch import Tensor
 
 from .checkpoint.hf import load_model
-from .image_tokenizer import MagvitV2, image_to_tensor, load_image, load_image_tokenizer, tensor_to_image
+from .image_tokenizer import (
+    ImageTokenizer,
+    MagvitV2,
+    PatchCodebook,
+    image_to_tensor,
+    load_image,
+    load_image_tokenizer,
+    tensor_to_image,
+)
 from .model import MMaDAModel
 from .prompting import (
     OFFICIAL_RESERVED_IDS,
@@ -157,7 +165,7 @@ class MMaDAPipeline:
         model: MMaDAModel,
         tokenizer: TextTokenizer,
         vocab: Vocab,
-        image_tokenizer: MagvitV2 | None = None,
+        image_tokenizer: ImageTokenizer | None = None,
         settings: PipelineSettings | None = None,
     ) -> None:
         self.model, self.tokenizer, self.vocab = model, tokenizer, vocab
@@ -170,7 +178,7 @@ class MMaDAPipeline:
         cls,
         path_or_id: str | os.PathLike[str],
         *,
-        image_tokenizer: str | os.PathLike[str] | MagvitV2 | None = None,
+        image_tokenizer: str | os.PathLike[str] | ImageTokenizer | None = None,
         dtype: str | torch.dtype = torch.float32,
         device: str | torch.device | None = "cpu",
         **settings: Any,
@@ -188,7 +196,7 @@ class MMaDAPipeline:
         base = PipelineSettings()
         if (folder / PIPELINE_FILE).is_file():
             base = PipelineSettings.from_dict(json.loads((folder / PIPELINE_FILE).read_text(encoding="utf-8")))
-        if isinstance(image_tokenizer, MagvitV2):
+        if isinstance(image_tokenizer, (MagvitV2, PatchCodebook)):
             vq = image_tokenizer.to(model.device)
         else:
             vq = _find_image_tokenizer(folder, image_tokenizer, vocab, device=model.device)
@@ -204,7 +212,7 @@ class MMaDAPipeline:
             return self.settings.resolution
         return self._vq().config.image_size
 
-    def _vq(self) -> MagvitV2:
+    def _vq(self) -> ImageTokenizer:
         if self.image_tokenizer is None:
             raise ValueError("this pipeline has no image tokenizer; pass `image_tokenizer=` to from_pretrained")
         return self.image_tokenizer
@@ -467,7 +475,7 @@ def vocab_for(tokenizer: TextTokenizer, model: MMaDAModel) -> Vocab:
 
 
 def _find_image_tokenizer(folder: Path, given: str | os.PathLike[str] | None, vocab: Vocab,
-                          device: torch.device) -> MagvitV2 | None:
+                          device: torch.device) -> ImageTokenizer | None:
     if given is not None:
         return load_image_tokenizer(given, device=device)
     for name in IMAGE_TOKENIZER_DIRS:

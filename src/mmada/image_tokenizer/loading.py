@@ -27,6 +27,8 @@ from safetensors.torch import load_file, save_file
 from mmada.image_tokenizer.config import MagvitConfig
 from mmada.image_tokenizer.lfq import bit_weights, indices_to_codes
 from mmada.image_tokenizer.magvit2 import MagvitV2
+from mmada.image_tokenizer.patch_codebook import CLASS_NAME as PATCH_CODEBOOK
+from mmada.image_tokenizer.patch_codebook import PatchCodebook, load_patch_codebook
 from mmada.utils.device import resolve_device, resolve_dtype
 from mmada.utils.files import CheckpointError, resolve_folder
 
@@ -49,8 +51,11 @@ def load_image_tokenizer(
     *,
     device: str | torch.device | None = "cpu",
     dtype: str | torch.dtype | None = torch.float32,
-) -> MagvitV2:
-    """Load a MAGVIT-v2 tokenizer from a local folder or a hub id (e.g. a converted showlab/magvitv2).
+) -> MagvitV2 | PatchCodebook:
+    """Load an image tokenizer from a local folder or a hub id (e.g. a converted showlab/magvitv2).
+
+    A folder whose config.json names a "PatchCodebook" gives that tokenizer (`patch_codebook.py`);
+    anything else is read as MAGVIT-v2.
 
     The module is built on the meta device and the checkpoint tensors are assigned to it, so no
     random initialisation runs. The result is in eval mode with gradients off (MMaDA keeps it frozen).
@@ -60,6 +65,9 @@ def load_image_tokenizer(
             shape mismatch; the message names the file or the key.
     """
     folder = resolve_folder(path_or_id, allow_patterns=["*.json", "*.safetensors"])
+    meta = _read_json(folder / CONFIG_FILE) if (folder / CONFIG_FILE).is_file() else None
+    if isinstance(meta, dict) and meta.get("_class_name") == PATCH_CODEBOOK:
+        return load_patch_codebook(folder, meta, resolve_device(device))
     config = _read_config(folder)
     weights = _find_weights(folder)
     target_device, target_dtype = resolve_device(device), resolve_dtype(dtype)

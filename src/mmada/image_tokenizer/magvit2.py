@@ -315,7 +315,3 @@ class MagvitV2(nn.Module):
         f = self.downsample_factor
         if h < f or w < f or h % f or w % f:
             raise ValueError(f"image height and width ({h}x{w}) must be positive multiples of {f}")
-
-
-ImageTokenizer = MagvitV2
-"""Alias: the role name used by the rest of the package."""

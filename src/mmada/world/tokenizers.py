@@ -2,8 +2,11 @@
 
 - `world_text_tokenizer_dir()`: a byte-level BPE in the LLaDA file format (`text_tokenizer.py`), load
   it with `mmada.prompting.TextTokenizer.from_pretrained`;
-- `world_image_tokenizer_dir()`: a MAGVIT-v2 with LFQ, 32x32 pixels -> 8x8 codes (`magvit.py`), load
-  it with `mmada.load_image_tokenizer`;
+- `world_image_tokenizer_dir()`: a patch codebook, 32x32 pixels -> 8x8 codes, one code per exact 4x4
+  patch (`mmada.image_tokenizer.PatchCodebook`, made by `build_world_patch_codebook`); load it with
+  `mmada.load_image_tokenizer`. A world MAGVIT-v2 with LFQ (`magvit.py`, `train_image_tokenizer`) is
+  the learned alternative: its codes carry each patch's neighbourhood, which a small model trained from
+  scratch could not learn to read in the recipe's budget (docs/results.md);
 - `world_vocab`: the shared text + image vocabulary of a tiny MMaDA over both;
 - `evaluate_tokenizers`: held-out numbers (tokens per sequence, PSNR, what the world's judges read
   in reconstructions), reported in docs/results.md and by `mmada world train-tokenizers`.
@@ -24,18 +27,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmada.image_tokenizer import MagvitV2, load_image_tokenizer
+from mmada.image_tokenizer import ImageTokenizer, PatchCodebook, build_patch_codebook, load_image_tokenizer
+from mmada.image_tokenizer import save_patch_codebook as _save_patch_codebook
 from mmada.prompting.tokenizer import TextTokenizer
 from mmada.prompting.vocab import Vocab
 from mmada.world.calibration import parsed_exactly
 from mmada.world.captions import evaluate_prompt
 from mmada.world.data import _take_unique, digit_examples, iter_t2i, iter_text, iter_vqa
 from mmada.world.digits import load_digit_classifier
-from mmada.world.magvit import to_pixels, to_uint8, train_image_tokenizer
+from mmada.world.magvit import to_pixels, to_uint8, train_image_tokenizer, training_images
 from mmada.world.parser import parse_scene
 from mmada.world.text_tokenizer import train_text_tokenizer
 
 __all__ = [
+    "build_world_patch_codebook",
     "evaluate_image_tokenizer",
     "evaluate_tokenizers",
     "format_evaluation",
@@ -64,6 +69,28 @@ def world_text_tokenizer_dir() -> Path:
 def world_image_tokenizer_dir() -> Path:
     """Folder of the committed world image tokenizer (tiny_arch.json, config.json, safetensors)."""
     return ASSETS_DIR / IMAGE_TOKENIZER_SUBDIR
+
+
+PATCH_SIZE = 4
+"""The world's image patch side: 32x32 images -> 8x8 = 64 codes, as the world MAGVIT-v2 gives."""
+PATCH_CODEBOOK_SIZE = 1024
+"""Patches kept: the world draws 1193 distinct 4x4 patches; the 1024 most frequent cover 99.6% of the
+training patches and every held-out scene reconstructs to what the judges read in the original."""
+PATCH_CODEBOOK_SCENES = 16_000
+"""Training scenes counted (half t2i compositions, half VQA scenes) plus every train-split digit."""
+
+
+def build_world_patch_codebook(
+    out: str | os.PathLike[str] | None = None, *, size: int = PATCH_CODEBOOK_SIZE,
+    num_scenes: int = PATCH_CODEBOOK_SCENES, seed: int = 0,
+) -> PatchCodebook:
+    """The world's patch codebook from train-split images (~10 s); saved to `out` when given."""
+    scenes, digits = training_images(seed, num_scenes)
+    images = np.concatenate([scenes.numpy(), digits.numpy()])
+    tokenizer = build_patch_codebook(images, patch_size=PATCH_SIZE, size=size)
+    if out is not None:
+        _save_patch_codebook(tokenizer, out)
+    return tokenizer
 
 
 def world_vocab(text_tokenizer: TextTokenizer, codebook_size: int, multiple: int = VOCAB_MULTIPLE) -> Vocab:
@@ -103,11 +130,11 @@ def text_token_stats(
 
 
 @torch.no_grad()
-def reconstruct(tokenizer: MagvitV2, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def reconstruct(tokenizer: ImageTokenizer, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """Encode and decode images through the tokenizer.
 
     Args:
-        tokenizer: a MAGVIT-v2 whose downsampling divides the image side.
+        tokenizer: an image tokenizer whose downsampling divides the image side.
         images: (N, H, W, 3) uint8.
         batch_size: images per forward pass.
 
@@ -157,9 +184,17 @@ class ImageTokenizerReport:
     """Distinct codes over all held-out images."""
     codebook_size: int
     """Codes available."""
+    background_codes: int
+    """Distinct codes given to plain background (all-black) patches of the held-out scenes: 1 when a
+    code means one thing."""
+    solid_colour_purity: float
+    """Over held-out patches of one solid palette colour: the share whose code's majority colour (over
+    all such patches) is their colour. 1.0 when every code names one colour."""
 
 
-def evaluate_image_tokenizer(tokenizer: MagvitV2, *, num_scenes: int = 1000, seed: int = 0) -> ImageTokenizerReport:
+def evaluate_image_tokenizer(
+    tokenizer: ImageTokenizer, *, num_scenes: int = 1000, seed: int = 0
+) -> ImageTokenizerReport:
     """Reconstruct held-out scenes and digits and ask the world's judges what they see (~5 s on 2 cores)."""
     if num_scenes < 2:
         raise ValueError(f"`num_scenes` must be >= 2, got {num_scenes}")
@@ -193,7 +228,31 @@ def evaluate_image_tokenizer(tokenizer: MagvitV2, *, num_scenes: int = 1000, see
         digit_judge_reconstructed=float(np.mean(judge.predict(digit_recon) == labels)),
         codes_used=len(np.unique(np.concatenate([scene_codes.ravel(), digit_codes.ravel()]))),
         codebook_size=tokenizer.codebook_size,
+        **code_meaning(originals, scene_codes, tokenizer.downsample_factor),
     )
+
+
+def code_meaning(images: np.ndarray, codes: np.ndarray, patch: int) -> dict[str, Any]:
+    """`background_codes` and `solid_colour_purity` (see `ImageTokenizerReport`) of (N, H, W, 3) uint8 scenes
+    and their (N, H/patch * W/patch) codes in raster order."""
+    n, height, width, _ = images.shape
+    grid = images.reshape(n, height // patch, patch, width // patch, patch, 3).transpose(0, 1, 3, 2, 4, 5)
+    pixels = grid.reshape(-1, patch * patch, 3).astype(np.int64)  # (patches, p^2, 3)
+    colour = pixels[:, :, 0] * 65536 + pixels[:, :, 1] * 256 + pixels[:, :, 2]  # (patches, p^2)
+    solid = (colour == colour[:, :1]).all(axis=1)
+    flat_codes = codes.reshape(-1)
+    background = solid & (colour[:, 0] == 0)
+    coloured = solid & ~background
+    purity = 1.0
+    if coloured.any():
+        pairs = np.stack([flat_codes[coloured], colour[coloured, 0]], axis=1)
+        unique, counts = np.unique(pairs, axis=0, return_counts=True)
+        majority = {}
+        for (code, value), count in zip(unique.tolist(), counts.tolist()):
+            if count > majority.get(code, (0, None))[0]:
+                majority[code] = (count, value)
+        purity = sum(count for count, _ in majority.values()) / int(coloured.sum())
+    return {"background_codes": len(np.unique(flat_codes[background])), "solid_colour_purity": float(purity)}
 
 
 def evaluate_tokenizers(
@@ -241,7 +300,9 @@ def format_evaluation(results: dict[str, Any]) -> str:
 
     lines += [
         f"image tokenizer: {image['parameters'] / 1e6:.2f}M parameters, {image['weight_bytes'] / 1e6:.1f} MB, "
-        f"{image['codes_used']}/{image['codebook_size']} codes used on held-out images",
+        f"{image['codes_used']}/{image['codebook_size']} codes used on held-out images; "
+        f"{image['background_codes']} code(s) for plain background, "
+        f"solid-colour purity {image['solid_colour_purity']:.1%}",
         f"  {'held-out':<26} {'original':>9} {'reconstructed':>14}",
         row(
             "scenes parsed exactly", "parser", f"   ({image['num_scenes']} scenes, PSNR {image['psnr_scenes']:.1f} dB)"
