@@ -113,14 +113,14 @@ def pipeline_settings(config: Any) -> PipelineSettings:
 
 def export_model(
     run_dir: Path, config: Any, out: Path, scores: dict[str, Results], seconds: dict[str, float], *,
-    dtype: str = "bfloat16",
+    dtype: str = "bfloat16", checkpoint: Path | None = None,
 ) -> Path:
-    """Copy the run's latest release checkpoint (weights stored as `dtype`) plus tokenizers, sampler defaults
-    and a model card to `out`."""
+    """Copy the run's latest release checkpoint (or `checkpoint`, one of its `step-*` folders; weights stored
+    as `dtype`) plus tokenizers, sampler defaults and a model card to `out`."""
     from .checkpoint.hf import load_model, save_model
     from .checkpoint.train_state import find_latest
 
-    latest = find_latest(run_dir)
+    latest = checkpoint or find_latest(run_dir)
     if latest is None:
         raise ValueError(f"{run_dir} holds no checkpoint to export")
     if out.exists():
