@@ -299,7 +299,7 @@ def format_evaluation(results: dict[str, Any]) -> str:
         return f"  {label:<26} {image[key + '_original']:9.1%} {image[key + '_reconstructed']:14.1%}{note}"
 
     lines += [
-        f"image tokenizer: {image['parameters'] / 1e6:.2f}M parameters, {image['weight_bytes'] / 1e6:.1f} MB, "
+        f"image tokenizer: {image['parameters'] / 1e6:.2f}M parameters, {image['weight_bytes'] / 1e3:.0f} kB, "
         f"{image['codes_used']}/{image['codebook_size']} codes used on held-out images; "
         f"{image['background_codes']} code(s) for plain background, "
         f"solid-colour purity {image['solid_colour_purity']:.1%}",
