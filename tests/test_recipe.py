@@ -35,7 +35,7 @@ def test_scaled_down_recipe_produces_every_artefact(tmp_path):
         assert set(result.scores[stage]) == {"arithmetic", "vqa", "t2i", "digit_t2i", "digit_recognition"}
     folder = result.model_dir
     for name in ("config.json", "model.safetensors", "tokenizer.json", "mmada_pipeline.json", "README.md",
-                 "image_tokenizer/tiny_arch.json"):
+                 "image_tokenizer/config.json", "image_tokenizer/model.safetensors"):
         assert (folder / name).is_file(), name
     model = mmada.load_model(folder)
     assert model.config.d_model == 32
