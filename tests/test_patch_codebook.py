@@ -108,6 +108,8 @@ def test_bad_inputs_are_refused() -> None:
     tokenizer = build_patch_codebook(_images(), patch_size=4, size=100)
     with pytest.raises(ValueError, match="multiples of 4"):
         tokenizer.encode(torch.zeros(1, 3, 6, 8))
+    with pytest.raises(ValueError, match="NaN"):
+        tokenizer.encode(torch.full((1, 3, 8, 8), float("nan")))
     with pytest.raises(ValueError, match="floating point"):
         tokenizer.encode(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
     with pytest.raises(ValueError, match="out of range"):

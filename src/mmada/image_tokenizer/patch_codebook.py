@@ -95,6 +95,8 @@ class PatchCodebook(nn.Module):
         if not pixels.dtype.is_floating_point:
             raise ValueError(f"`pixels` must be floating point in [-1, 1], got dtype {pixels.dtype}")
         self._check_spatial(pixels.shape[2], pixels.shape[3])
+        if not bool(torch.isfinite(pixels).all()):
+            raise ValueError("`pixels` contain NaN or infinite values")
         patches = self._to_patches(pixels.to(self.table.device, torch.float64))  # (B, N, 3 p^2)
         table = self.table.double()
         # squared distance less the per-patch constant |x|^2, in float64 so that exact matches always win
