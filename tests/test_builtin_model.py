@@ -44,7 +44,7 @@ def outputs(pipe: MMaDAPipeline) -> dict[str, list[int]]:
 def test_builtin_model_is_complete_and_the_default():
     assert resolve_folder(DEFAULT_MODEL) == FOLDER
     for name in ("config.json", "model.safetensors", "tokenizer.json", "mmada_pipeline.json", "README.md",
-                 "scores.json", "image_tokenizer/tiny_arch.json"):
+                 "scores.json", "image_tokenizer/config.json", "image_tokenizer/model.safetensors"):
         assert (FOLDER / name).is_file(), name
     scores = json.loads((FOLDER / "scores.json").read_text())["scores"]
     assert set(scores) == {"pretrain", "sft", "sft_direct", "sft_nocot"}

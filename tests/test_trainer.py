@@ -391,8 +391,11 @@ def test_official_stage_configs(stage):
 def test_tiny_world_configs(name):
     config = load_config([CONFIGS / f"{name}.yaml"])
     assert config.data["name"] == ("world_pretrain" if name == "tiny_pretrain" else "world_sft")
-    assert config.model.mixed_precision == "auto" and config.schedule.max_steps <= 20_000
+    assert config.model.mixed_precision == "bf16" and config.schedule.max_steps <= 20_000  # measured faster on CPU
     assert config.data.get("cot", True) is (name != "tiny_sft_nocot")
+    objective = config.objective  # the answer loss that teaches from scratch (docs/results.md)
+    assert objective.divides_by_real_length("mmu") and objective.divides_by_real_length("lm_chat")
+    assert objective.whole_answer_max_tokens["mmu"] >= 8 and not objective.ignores_padding("mmu")
 
 
 # ---- optimizer and schedule --------------------------------------------------------------------------
