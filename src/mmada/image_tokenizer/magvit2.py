@@ -252,10 +252,7 @@ class MagvitV2(nn.Module):
 
         512 -> 1024 and 256 -> 256 for the official model.
         """
-        size = self.config.image_size if resolution is None else resolution
-        h, w = (size, size) if isinstance(size, int) else size
-        self._check_spatial(h, w)
-        return (h // self.downsample_factor) * (w // self.downsample_factor)
+        return grid_tokens(self.config.image_size if resolution is None else resolution, self.downsample_factor)
 
     @torch.no_grad()
     def encode(self, pixels: Tensor) -> Tensor:
@@ -312,6 +309,17 @@ class MagvitV2(nn.Module):
         return pixels.to(device=param.device, dtype=param.dtype)
 
     def _check_spatial(self, h: int, w: int) -> None:
-        f = self.downsample_factor
-        if h < f or w < f or h % f or w % f:
-            raise ValueError(f"image height and width ({h}x{w}) must be positive multiples of {f}")
+        check_spatial(h, w, self.downsample_factor)
+
+
+def check_spatial(h: int, w: int, factor: int) -> None:
+    """Refuse image sides that the tokenizer's downsampling `factor` does not divide."""
+    if h < factor or w < factor or h % factor or w % factor:
+        raise ValueError(f"image height and width ({h}x{w}) must be positive multiples of {factor}")
+
+
+def grid_tokens(size: int | tuple[int, int], factor: int) -> int:
+    """Codes per image of side `size` (or (H, W)) for a tokenizer that downsamples by `factor`."""
+    h, w = (size, size) if isinstance(size, int) else size
+    check_spatial(h, w, factor)
+    return (h // factor) * (w // factor)

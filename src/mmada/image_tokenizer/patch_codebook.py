@@ -33,6 +33,8 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from mmada.image_tokenizer.magvit2 import check_spatial, grid_tokens
+
 CLASS_NAME = "PatchCodebook"
 WEIGHT_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -81,10 +83,8 @@ class PatchCodebook(nn.Module):
         return self.config.patch_size
 
     def num_tokens(self, resolution: int | tuple[int, int] | None = None) -> int:
-        size = self.config.image_size if resolution is None else resolution
-        h, w = (size, size) if isinstance(size, int) else size
-        self._check_spatial(h, w)
-        return (h // self.downsample_factor) * (w // self.downsample_factor)
+        """Codes per image of side `resolution` (or (H, W)); None uses `config.image_size`."""
+        return grid_tokens(self.config.image_size if resolution is None else resolution, self.downsample_factor)
 
     @torch.no_grad()
     def encode(self, pixels: Tensor) -> Tensor:
@@ -128,9 +128,7 @@ class PatchCodebook(nn.Module):
         return grid.reshape(b, (height // p) * (width // p), c * p * p)
 
     def _check_spatial(self, h: int, w: int) -> None:
-        p = self.downsample_factor
-        if h < p or w < p or h % p or w % p:
-            raise ValueError(f"image height and width ({h}x{w}) must be positive multiples of {p}")
+        check_spatial(h, w, self.downsample_factor)
 
 
 def count_patches(images: np.ndarray, patch_size: int) -> collections.Counter[bytes]:
