@@ -68,7 +68,7 @@ def load_image_tokenizer(
     meta = _read_json(folder / CONFIG_FILE) if (folder / CONFIG_FILE).is_file() else None
     if isinstance(meta, dict) and meta.get("_class_name") == PATCH_CODEBOOK:
         return load_patch_codebook(folder, meta, resolve_device(device))
-    config = _read_config(folder)
+    config = _read_config(folder, meta)
     weights = _find_weights(folder)
     target_device, target_dtype = resolve_device(device), resolve_dtype(dtype)
     try:
@@ -104,14 +104,13 @@ def save_image_tokenizer(tokenizer: MagvitV2, folder: str | os.PathLike[str]) ->
     return out
 
 
-def _read_config(folder: Path) -> MagvitConfig:
-    """Architecture from `tiny_arch.json`, else the official numbers; `config.json` must name MAGVITv2."""
-    config_path = folder / CONFIG_FILE
-    if config_path.is_file():
-        meta = _read_json(config_path)
-        name = meta.get("_class_name") if isinstance(meta, dict) else None
-        if name is not None and name != OFFICIAL_CLASS_NAME:
-            raise CheckpointError(f"{config_path} describes a {name!r}, not a {OFFICIAL_CLASS_NAME} image tokenizer")
+def _read_config(folder: Path, meta: Any) -> MagvitConfig:
+    """Architecture from `tiny_arch.json`, else the official numbers; `meta` (the parsed `config.json`, None
+    when absent) must name MAGVITv2."""
+    name = meta.get("_class_name") if isinstance(meta, dict) else None
+    if name is not None and name != OFFICIAL_CLASS_NAME:
+        raise CheckpointError(
+            f"{folder / CONFIG_FILE} describes a {name!r}, not a {OFFICIAL_CLASS_NAME} image tokenizer")
     arch_path = folder / ARCH_FILE
     if not arch_path.is_file():
         return MagvitConfig.official()

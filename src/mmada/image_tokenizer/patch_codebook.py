@@ -131,8 +131,8 @@ class PatchCodebook(nn.Module):
         check_spatial(h, w, self.downsample_factor)
 
 
-def count_patches(images: np.ndarray, patch_size: int) -> collections.Counter[bytes]:
-    """How often each exact p x p patch occurs in (N, H, W, 3) uint8 images (keys: (3, p, p) bytes)."""
+def image_patches(images: np.ndarray, patch_size: int) -> np.ndarray:
+    """(N, H, W, 3) uint8 images -> (N * h * w, 3, p, p) patches, each image's in raster order (as `encode`)."""
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"`images` must be (N, H, W, 3) uint8, got {images.shape} {images.dtype}")
     n, height, width, _ = images.shape
@@ -140,7 +140,12 @@ def count_patches(images: np.ndarray, patch_size: int) -> collections.Counter[by
     if height % p or width % p:
         raise ValueError(f"image sides ({height}x{width}) must be multiples of the patch size {p}")
     grid = images.reshape(n, height // p, p, width // p, p, 3).transpose(0, 1, 3, 5, 2, 4)  # (n, h, w, 3, p, p)
-    flat = np.ascontiguousarray(grid).reshape(-1, 3 * p * p)
+    return np.ascontiguousarray(grid).reshape(-1, 3, p, p)
+
+
+def count_patches(images: np.ndarray, patch_size: int) -> collections.Counter[bytes]:
+    """How often each exact p x p patch occurs in (N, H, W, 3) uint8 images (keys: (3, p, p) bytes)."""
+    flat = image_patches(images, patch_size).reshape(-1, 3 * patch_size * patch_size)
     unique, counts = np.unique(flat, axis=0, return_counts=True)
     return collections.Counter({row.tobytes(): int(count) for row, count in zip(unique, counts)})
 

@@ -29,6 +29,7 @@ import torch
 
 from mmada.image_tokenizer import ImageTokenizer, PatchCodebook, build_patch_codebook, load_image_tokenizer
 from mmada.image_tokenizer import save_patch_codebook as _save_patch_codebook
+from mmada.image_tokenizer.patch_codebook import image_patches
 from mmada.prompting.tokenizer import TextTokenizer
 from mmada.prompting.vocab import Vocab
 from mmada.world.calibration import parsed_exactly
@@ -235,23 +236,18 @@ def evaluate_image_tokenizer(
 def code_meaning(images: np.ndarray, codes: np.ndarray, patch: int) -> dict[str, Any]:
     """`background_codes` and `solid_colour_purity` (see `ImageTokenizerReport`) of (N, H, W, 3) uint8 scenes
     and their (N, H/patch * W/patch) codes in raster order."""
-    n, height, width, _ = images.shape
-    grid = images.reshape(n, height // patch, patch, width // patch, patch, 3).transpose(0, 1, 3, 2, 4, 5)
-    pixels = grid.reshape(-1, patch * patch, 3).astype(np.int64)  # (patches, p^2, 3)
-    colour = pixels[:, :, 0] * 65536 + pixels[:, :, 1] * 256 + pixels[:, :, 2]  # (patches, p^2)
+    rgb = image_patches(images, patch).reshape(-1, 3, patch * patch).astype(np.int64)  # (patches, 3, p^2)
+    colour = rgb[:, 0] * 65536 + rgb[:, 1] * 256 + rgb[:, 2]  # (patches, p^2) one int per pixel colour
     solid = (colour == colour[:, :1]).all(axis=1)
     flat_codes = codes.reshape(-1)
     background = solid & (colour[:, 0] == 0)
     coloured = solid & ~background
     purity = 1.0
-    if coloured.any():
-        pairs = np.stack([flat_codes[coloured], colour[coloured, 0]], axis=1)
-        unique, counts = np.unique(pairs, axis=0, return_counts=True)
-        majority = {}
-        for (code, value), count in zip(unique.tolist(), counts.tolist()):
-            if count > majority.get(code, (0, None))[0]:
-                majority[code] = (count, value)
-        purity = sum(count for count, _ in majority.values()) / int(coloured.sum())
+    if coloured.any():  # per code, the count of its commonest colour, summed over codes
+        pairs, counts = np.unique(np.stack([flat_codes[coloured], colour[coloured, 0]], 1), axis=0, return_counts=True)
+        majority = np.zeros(int(pairs[:, 0].max()) + 1, dtype=np.int64)
+        np.maximum.at(majority, pairs[:, 0], counts)
+        purity = int(majority.sum()) / int(coloured.sum())
     return {"background_codes": len(np.unique(flat_codes[background])), "solid_colour_purity": float(purity)}
 
 
