@@ -61,9 +61,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     rows = []
     for stage, name in STAGES.items():
-        config = load_config([name], ["model.init=tiny"] if stage == "sft" else [])
-        if stage == "sft":  # the SFT shapes on a fresh model of the pretraining architecture
-            config = load_config([name], ["model.init=tiny", *_overrides(load_config(["tiny_pretrain"]))])
+        # the SFT shapes on a fresh model of the pretraining architecture (the SFT config inherits its model)
+        config = load_config([name], ["model.init=tiny", *_overrides(load_config(["tiny_pretrain"]))]
+                             if stage == "sft" else [])
         torch.manual_seed(0)
         model = build_model(config.model, "cpu")
         tokenizers = load_tokenizers(config.model, model, "cpu")

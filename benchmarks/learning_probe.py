@@ -24,15 +24,12 @@ from pathlib import Path
 
 import torch
 
-from mmada.evaluation.world import WorldEvalConfig, evaluate_world
+from mmada.evaluation.world import evaluate_world
 from mmada.pipelines import MMaDAPipeline
-from mmada.recipe import export_model
+from mmada.recipe import export_model, stage_eval_config
 from mmada.training.config import load_config
 from mmada.training.trainer import run_training
 from mmada.utils.device import seed_everything
-
-SHORT = {"temperature": 0.0, "gen_length": 32, "steps": 16, "block_length": 32}
-"""Short-answer sampling, as the recipe scores its stages."""
 
 
 def parse_variant(words: list[str]) -> tuple[str, list[str]]:
@@ -57,10 +54,8 @@ def probe(config_name: str, overrides: list[str], steps: int, limit: int, seed: 
     exported = export_model(run_dir, config, work / "model", {}, {})
     start = time.perf_counter()
     pipe = MMaDAPipeline.from_pretrained(exported)
-    scores = evaluate_world(pipe, WorldEvalConfig(per_group=limit, limit=limit, text={"temperature": 0.0},
-                                                  short=SHORT, seed=seed))
-    return {"train_s": train_s, "eval_s": time.perf_counter() - start,
-            "scores": scores}
+    scores = evaluate_world(pipe, stage_eval_config(limit, limit, thinking=False, seed=seed))
+    return {"train_s": train_s, "eval_s": time.perf_counter() - start, "scores": scores}
 
 
 COLUMNS = (("vqa", ("count", "color", "shape", "position", "presence", "overall")),

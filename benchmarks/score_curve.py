@@ -23,12 +23,10 @@ from pathlib import Path
 import torch
 
 from mmada.checkpoint.train_state import list_checkpoints
-from mmada.evaluation.world import TASKS, WorldEvalConfig, evaluate_world
+from mmada.evaluation.world import TASKS, evaluate_world
 from mmada.pipelines import MMaDAPipeline
-from mmada.recipe import export_model
+from mmada.recipe import export_model, stage_eval_config
 from mmada.training.config import load_config
-
-SHORT = {"temperature": 0.0, "gen_length": 32, "steps": 16, "block_length": 32}
 
 
 def stage_points(recipe: Path, stage: str, offset_s: float, stage_s: float, limit: int, work: Path) -> list[dict]:
@@ -41,8 +39,7 @@ def stage_points(recipe: Path, stage: str, offset_s: float, stage_s: float, limi
         step = int(re.search(r"(\d+)$", checkpoint.name).group(1))
         model = export_model(run, config, work / f"{stage}-{step}", {}, {}, checkpoint=checkpoint)
         pipe = MMaDAPipeline.from_pretrained(model)
-        scores = evaluate_world(pipe, WorldEvalConfig(per_group=limit, limit=limit, thinking=stage == "sft",
-                                                      text={"temperature": 0.0}, short=SHORT))
+        scores = evaluate_world(pipe, stage_eval_config(limit, limit, thinking=stage == "sft"))
         minutes = (offset_s + stage_s * step / steps) / 60
         points.append({"stage": stage, "step": step, "minutes": minutes,
                        "scores": {task: scores[task]["overall"] for task in TASKS if task in scores}})

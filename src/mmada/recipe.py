@@ -167,18 +167,18 @@ def scores_table(scores: dict[str, Results]) -> str:
     return compare_to_markdown({STAGE_NAMES.get(stage, stage): results for stage, results in scores.items()})
 
 
+def stage_eval_config(per_group: int, limit: int | None, thinking: bool, seed: int = 0) -> WorldEvalConfig:
+    """How the recipe scores a stage (and the benchmarks score checkpoints): greedy decoding, the model's own
+    sampler defaults for reasoning, 32 tokens in one block for short answers."""
+    short = {"temperature": 0.0, "gen_length": 32, "steps": 16, "block_length": 32}
+    return WorldEvalConfig(per_group=per_group, limit=limit, thinking=thinking, text={"temperature": 0.0},
+                           short=short, seed=seed)
+
+
 def evaluate_stage(model_dir: Path, recipe: RecipeConfig, thinking: bool) -> Results:
     """Score an exported stage with its own sampler defaults (greedy decoding)."""
     pipe = MMaDAPipeline.from_pretrained(model_dir)
-    short = {"temperature": 0.0, "gen_length": 32, "steps": 16, "block_length": 32}
-    config = WorldEvalConfig(
-        per_group=recipe.eval_per_group,
-        limit=recipe.eval_limit,
-        thinking=thinking,
-        text={"temperature": 0.0},
-        short=short,
-        seed=recipe.seed,
-    )
+    config = stage_eval_config(recipe.eval_per_group, recipe.eval_limit, thinking, recipe.seed)
     return evaluate_world(pipe, config, progress=recipe.progress)
 
 
