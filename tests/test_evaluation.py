@@ -35,3 +35,23 @@ def test_bad_config_is_refused():
         WorldEvalConfig(tasks=("poetry",))
     with pytest.raises(ValueError, match="must be >= 1"):
         WorldEvalConfig(batch_size=0)
+
+
+@pytest.mark.parametrize("thinking", [False, True])
+def test_vqa_gives_thinking_answers_the_reasoning_settings(pipe, monkeypatch, thinking):
+    """Asked to think, a VQA answer is a whole <think> trace: it gets `text` (room for it), not `short`."""
+    seen = []
+    original = pipe.understand_batch
+
+    def spy(images, questions, **kwargs):
+        seen.append((kwargs.get("thinking", False), kwargs["gen_length"]))
+        return original(images, questions, **kwargs)
+
+    monkeypatch.setattr(pipe, "understand_batch", spy)
+    text = dict(gen_length=16, steps=4, block_length=16, temperature=0)
+    short = dict(gen_length=8, steps=4, block_length=8, temperature=0)
+    evaluate_world(pipe, WorldEvalConfig(tasks=("vqa", "digit_recognition"), per_group=1, limit=1, thinking=thinking,
+                                         text=text, short=short))
+    vqa, digits = seen[0], seen[-1]
+    assert vqa == (thinking, 16 if thinking else 8)
+    assert digits[1] == 8  # digit recognition always asks for the short answer

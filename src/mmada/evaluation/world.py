@@ -53,9 +53,11 @@ class WorldEvalConfig:
     thinking: bool = False
     """Prefix reasoning prompts (arithmetic, VQA) with MMaDA's thinking instruction."""
     text: dict[str, Any] = field(default_factory=dict)
-    """Sampler overrides for arithmetic (e.g. gen_length); default: the pipeline's text defaults."""
+    """Sampler overrides for arithmetic, and for VQA when `thinking` (its answers are then whole
+    `<think>` traces); default: the pipeline's text defaults."""
     short: dict[str, Any] = field(default_factory=dict)
-    """Sampler overrides for VQA and digit recognition; default: the pipeline's text defaults."""
+    """Sampler overrides for short answers: VQA without thinking and digit recognition; default: the
+    pipeline's text defaults."""
     image: dict[str, Any] = field(default_factory=dict)
     """Sampler overrides for t2i; default: the pipeline's image defaults."""
     seed: int = 0
@@ -128,10 +130,11 @@ class WorldEvaluator:
 
     def vqa(self, suite: EvaluationSuite) -> dict[str, float]:
         items = _limited(suite.vqa, lambda e: e.qtype, self.config.limit)
+        settings = self.config.text if self.config.thinking else self.config.short  # a trace needs room
         scores: dict[str, list[float]] = defaultdict(list)
         for batch in self._bar(items, "vqa"):
             results = self.pipe.understand_batch([e.image for e in batch], [e.question for e in batch],
-                                                 thinking=self.config.thinking, **self.config.short)
+                                                 thinking=self.config.thinking, **settings)
             for example, result in zip(batch, results):
                 scores[example.qtype].append(vqa_exact_match(result.answer, example.answer))
         return _summary(scores)
