@@ -84,3 +84,65 @@ def test_file_and_function_budgets():
                 if length > MAX_FUNCTION_LINES and name not in FUNCTION_ALLOW_LIST:
                     offenders.append(f"{name}: {length} lines > {MAX_FUNCTION_LINES}")
     assert not offenders, "\n".join(offenders)
+
+
+# Task names: the training tasks are listed once (`training/tasks.py`), the layout kinds once
+# (`prompting/collate.py`); everything else asks the task table. Only the data sources, which say how each
+# task's rows are made, compare a name: `assemble` dispatches on the layout kind, the world checks r2i's rule.
+TASK_LISTS = {"training/tasks.py", "prompting/collate.py"}
+TASK_COMPARISONS = {"training/data_tasks.py", "training/data_world.py"}
+
+
+def _task_names() -> set[str]:
+    import typing
+
+    from mmada.prompting import Task
+    from mmada.training.tasks import TRAINING_TASKS
+
+    return set(TRAINING_TASKS) | set(typing.get_args(Task))
+
+
+def _task_name_uses(tree: ast.AST, names: set[str]) -> tuple[list[int], list[int]]:
+    """Lines comparing a value with a task-name literal, and lines listing two or more task names."""
+    def named(node: ast.AST) -> bool:
+        return isinstance(node, ast.Constant) and node.value in names
+
+    compares, lists = [], []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            flat = [e for o in operands for e in (o.elts if isinstance(o, ast.Tuple | ast.List | ast.Set) else [o])]
+            if any(named(e) for e in flat):
+                compares.append(node.lineno)
+        elif isinstance(node, ast.MatchValue) and named(node.value):
+            compares.append(node.lineno)
+        elif isinstance(node, ast.Tuple | ast.List | ast.Set) and sum(named(e) for e in node.elts) >= 2:
+            lists.append(node.lineno)
+    return compares, lists
+
+
+def test_only_the_task_table_names_tasks():
+    names, offenders = _task_names(), []
+    for path, parts in _modules():
+        where = "/".join(parts)
+        compares, lists = _task_name_uses(ast.parse(path.read_text()), names)
+        if where not in TASK_COMPARISONS:
+            offenders += [f"{where}:{line}: compares with a task name; ask the task table" for line in compares]
+        if where not in TASK_LISTS:
+            offenders += [f"{where}:{line}: lists task names; use training.tasks.TRAINING_TASKS" for line in lists]
+    assert not offenders, "\n".join(offenders)
+
+
+def test_each_task_constant_is_defined_once():
+    defined: dict[str, list[str]] = {}
+    for path, parts in _modules():
+        for node in ast.parse(path.read_text()).body:
+            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+            bound = [t.id for t in targets if isinstance(t, ast.Name)]
+            if isinstance(node, ast.ClassDef | ast.FunctionDef):
+                bound = [node.name]
+            for name in bound:
+                if "task" in name.lower():
+                    defined.setdefault(name, []).append("/".join(parts))
+    twice = {name: where for name, where in defined.items() if len(where) > 1}
+    assert not twice, f"task constants defined in more than one module: {twice}"

@@ -31,6 +31,8 @@ IGNORE_INDEX = -100
 """Label of positions without a target: torch `cross_entropy`'s default, the official `ignore_id`."""
 
 Task = Literal["t2i", "t2i_gen", "mmu", "mmu_gen", "lm", "lm_chat", "text_gen", "r2i"]
+"""Layout kinds: which builder of `mmada.prompting.layout` made a `TokenLayout` (`*_gen`: generation prompts).
+Each training task (`mmada.training.tasks.TRAINING_TASKS`) names the kind its rows are built as."""
 
 
 @dataclass(frozen=True, eq=False)

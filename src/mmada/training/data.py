@@ -1,6 +1,6 @@
 """Training data: `build_source(spec, ...)` turns the YAML `data:` section into a `BatchSource`.
 
-A `BatchSource` yields micro-batches `{task: TokenLayout}` (tasks "t2i", "mmu", "lm", "lm_chat", "r2i") whose
+A `BatchSource` yields micro-batches `{task: TokenLayout}` (the tasks of `training.tasks.TRAINING_TASKS`) whose
 rows all have length L = M + N + 3 (`mmada.training.data_tasks`), and saves / restores its data cursor
 (`state_dict` / `load_state_dict`): a resumed run sees exactly the batches the uninterrupted run would have.
 Every random choice of micro-batch b comes from an rng seeded by (seed, rank, slot, b), and every file
@@ -37,9 +37,6 @@ from ..prompting import TokenLayout, Vocab
 from .data_adapters import ADAPTERS, Record, Skip, SkipCounter, SourceSpec, check_dependencies
 from .data_tasks import (
     CAPTION_QUESTIONS,
-    IMAGE_TASKS,
-    TASK_NAMES,
-    TASK_OPTIONS,
     TaskSpec,
     as_image_encoder,
     assemble,
@@ -54,6 +51,7 @@ from .data_tasks import (
     torch_generator,
 )
 from .data_world import WorldSource
+from .tasks import TRAINING_TASKS, training_task
 
 MAX_SKIPS_PER_BATCH = 10_000
 """A slot that cannot fill one micro-batch past this many unusable records stops with an error."""
@@ -186,7 +184,7 @@ class MixtureSpec:
             if getattr(self, name) < 2:
                 raise ValueError(f"`{name}` must be >= 2, got {getattr(self, name)}")
         if not self.tasks:
-            raise ValueError("`tasks` is empty; give at least one of " + ", ".join(TASK_NAMES))
+            raise ValueError("`tasks` is empty; give at least one of " + ", ".join(TRAINING_TASKS))
 
 
 @dataclass
@@ -202,8 +200,8 @@ class _Slot:
 
 
 def _parse_slot(name: str, mapping: Any, where: str) -> tuple[TaskSpec, dict[str, SourceSpec]]:
-    if name not in TASK_NAMES:
-        raise ValueError(f"`{where}`: unknown task slot {name!r}; expected one of {list(TASK_NAMES)}")
+    if name not in TRAINING_TASKS:
+        raise ValueError(f"`{where}`: unknown task slot {name!r}; expected one of {list(TRAINING_TASKS)}")
     if not isinstance(mapping, Mapping):
         raise ValueError(f"`{where}` must be a mapping, got {type(mapping).__name__}")
     task_keys = {f.name for f in fields(TaskSpec)}
@@ -222,7 +220,7 @@ def _parse_slot(name: str, mapping: Any, where: str) -> tuple[TaskSpec, dict[str
     spec = parse_spec(TaskSpec, {k: v for k, v in mapping.items() if k in task_keys}, where)
     tasks = {s.task or name for s in sources.values()}
     for key in sorted(set(mapping) & task_keys - {"batch_size"}):
-        if not any(key in TASK_OPTIONS[t] for t in tasks):
+        if not any(key in TRAINING_TASKS[t].options for t in tasks):
             raise ValueError(f"`{where}.{key}` is not used by task(s) {sorted(tasks)}")
     return spec, sources
 
@@ -262,7 +260,7 @@ class MixtureSource:
                 task = source.task or name
                 if task in emitted and emitted[task] != name:
                     raise ValueError(f"`{key}`: task {task!r} is already produced by slot {emitted[task]!r}")
-                if task in IMAGE_TASKS and self.encoder is None:
+                if TRAINING_TASKS[task].image and self.encoder is None:
                     raise ValueError(f"`{key}`: task {task!r} needs an image tokenizer, got None")
                 emitted[task] = name
                 check_dependencies(source)
@@ -300,6 +298,8 @@ class MixtureSource:
         sub = names[0] if len(names) == 1 else rng.choices(names, [slot.sources[n].weight for n in names])[0]
         self.picks[f"{slot.name}/{sub}"] += 1
         task, source = slot.task(sub), slot.sources[sub]
+        entry = training_task(task)
+        skip_long = slot.spec.skip_long and "skip_long" in entry.options
         budget = text_budget(task, self.spec.max_text_len, self.seq_len)
         texts: list[list[int]] = []
         pixels: list[torch.Tensor] = []
@@ -307,10 +307,10 @@ class MixtureSource:
         while len(texts) < slot.spec.batch_size:
             record = self._record(slot, sub)
             text = record_text(task, record, slot.spec, rng, slot.questions, self.tokenizer.bos_token)
-            if isinstance(text, str) and task in IMAGE_TASKS and record.image is None:
+            if isinstance(text, str) and entry.image and record.image is None:
                 text = Skip("missing_image", f"{record.origin}: a {task} row needs an image")
             ids = self.tokenizer.encode(text) if isinstance(text, str) else []
-            if isinstance(text, str) and task != "lm" and slot.spec.skip_long and not fits(ids, budget, self.vocab):
+            if isinstance(text, str) and skip_long and not fits(ids, budget, self.vocab):
                 text = Skip("too_long", f"{record.origin}: {len(ids)} text tokens do not fit in {budget}")
             if isinstance(text, Skip):
                 self.skips.add(text)
@@ -320,7 +320,7 @@ class MixtureSource:
                                      f"skipped so far: {dict(self.skips.counts)}")
                 continue
             texts.append(ids)
-            if task in IMAGE_TASKS:
+            if entry.image:
                 pixels.append(image_to_tensor(record.image, self.spec.resolution, mode=source.resolved_image_mode))
         image_ids = encode_image_ids(self.encoder, torch.stack(pixels), self.vocab) if pixels else None
         layout = assemble(task, texts, image_ids, vocab=self.vocab, max_text_len=self.spec.max_text_len,

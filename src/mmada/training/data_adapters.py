@@ -39,6 +39,7 @@ from PIL import Image
 from ..image_tokenizer import load_image
 from ..prompting import validate_messages
 from ..world.cot import format_cot
+from .tasks import TaskName
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class SourceSpec:
     """Files of the other formats: globs and/or brace patterns."""
     weight: float = 1.0
     """Sampling weight inside the task's mixture (a whole micro-batch comes from one sub-source)."""
-    task: Literal["t2i", "mmu", "lm", "lm_chat", "r2i"] | None = None
+    task: TaskName | None = None
     """Rows to build; default: the task the entry sits under."""
     shuffle: bool = True
     """Reshuffle files every epoch and permute the rows of row formats."""

@@ -45,10 +45,7 @@ from ..prompting import (
 )
 from ..prompting.vocab import END_HEADER_TOKEN, START_HEADER_TOKEN
 from .data_adapters import Record, Skip
-
-TaskName = Literal["t2i", "mmu", "lm", "lm_chat", "r2i"]
-TASK_NAMES: tuple[TaskName, ...] = ("t2i", "mmu", "lm", "lm_chat", "r2i")
-IMAGE_TASKS = frozenset({"t2i", "mmu", "r2i"})
+from .tasks import training_task
 
 ImageEncoder = Callable[[Tensor], Tensor]
 """(B, 3, H, W) float pixels in [-1, 1] -> (B, N) int64 codes in [0, codebook_size), e.g. `MagvitV2.encode`."""
@@ -116,18 +113,6 @@ class TaskSpec:
             raise ValueError(f"`max_chars` must be >= 1, got {self.max_chars}")
 
 
-TASK_OPTIONS: Mapping[str, frozenset[str]] = types.MappingProxyType(
-    {
-        "t2i": frozenset({"cond_dropout_prob", "short_caption_prob", "skip_long"}),
-        "mmu": frozenset({"caption_prompt", "questions_file", "eot_quirk", "thinking", "skip_long"}),
-        "lm": frozenset({"max_chars", "remove_newlines"}),
-        "lm_chat": frozenset({"thinking", "skip_long"}),
-        "r2i": frozenset({"eot_quirk", "thinking", "skip_long"}),
-    }
-)
-"""TaskSpec options each task reads (besides `batch_size`): others are refused as likely typos."""
-
-
 # ---------------------------------------------------------------------------------------------------
 # Text of a row
 # ---------------------------------------------------------------------------------------------------
@@ -176,22 +161,25 @@ def lm_window(text: str, rng: random.Random, max_chars: int | None, remove_newli
 def record_text(
     task: str, record: Record, spec: TaskSpec, rng: random.Random, questions: Sequence[str], bos_token: str | None
 ) -> str | Skip:
-    """The text of one row of `task` built from `record`, or a Skip when the record lacks what it needs."""
-    quirk = spec.eot_quirk and task in ("mmu", "r2i")
-    if task == "t2i":
+    """The text of one row of `task` built from `record` (the task's `text` kind), or a Skip when the record
+    lacks what it needs."""
+    entry = training_task(task)
+    quirk = spec.eot_quirk and "eot_quirk" in entry.options
+    if entry.text == "caption":
         if record.caption is None:
-            return Skip("missing_field", f"{record.origin}: t2i needs a caption")
+            return Skip("missing_field", f"{record.origin}: {task} needs a caption")
         return t2i_caption(record.caption, rng, spec.short_caption_prob)
-    if task == "lm":
+    if entry.text == "document":
         text = record.text or record.caption
         if text is None:
-            return Skip("missing_field", f"{record.origin}: lm needs a text")
+            return Skip("missing_field", f"{record.origin}: {task} needs a text")
         return lm_window(text, rng, spec.max_chars, spec.remove_newlines)
-    if task == "r2i":
+    if entry.text == "reasoning_caption":
         short = record.extras.get("shortcaption")
         if record.caption is None or not short:
-            return Skip("missing_field", f"{record.origin}: r2i needs a caption and a shortcaption")
+            return Skip("missing_field", f"{record.origin}: {task} needs a caption and a shortcaption")
         return r2i_transcript(short, record.caption, thinking=spec.thinking, eot_quirk=quirk, bos_token=bos_token)
+    # "chat": a transcript, however the record spells it
     if record.text is not None:  # an already rendered transcript (`content`)
         return record.text
     if record.messages is not None:
@@ -201,7 +189,7 @@ def record_text(
         if record.cot and spec.thinking:
             user = reasoning_prompt(user, THINKING_INSTRUCTION, eot_quirk=quirk)
         return qa_transcript(user, record.answer, eot_quirk=quirk, bos_token=bos_token)
-    if record.caption is not None and task == "mmu":
+    if record.caption is not None and "caption_prompt" in entry.options:  # a bare caption answers a question
         if not spec.caption_prompt:
             return record.caption
         return qa_transcript(rng.choice(questions), record.caption, eot_quirk=quirk, bos_token=bos_token)
@@ -209,8 +197,8 @@ def record_text(
 
 
 def text_budget(task: str, max_text_len: int, seq_len: int) -> int:
-    """Tokens a row's text may take including bos and eos: M for t2i / mmu / r2i, L for lm_chat."""
-    return seq_len if task in ("lm", "lm_chat") else max_text_len
+    """Tokens a row's text may take including bos and eos: M beside an image, L for a text-only row (its `budget`)."""
+    return seq_len if training_task(task).budget == "row" else max_text_len
 
 
 def text_length(ids: Sequence[int], vocab: Vocab) -> int:
@@ -271,22 +259,24 @@ def assemble(
     cond_dropout_prob: float,
     generator: torch.Generator,
 ) -> TokenLayout:
-    """The layout of one micro-batch; texts: B token lists, image_ids: (B, N) int64 (image tasks).
+    """The layout of one micro-batch, made by the task's `layout` builder; texts: B token lists, image_ids:
+    (B, N) int64 (tasks with an image).
 
     t2i rows carry clean image ids as inputs and labels: the objective masks them (MaskGIT schedule).
     """
-    if task == "t2i":
+    layout = training_task(task).layout
+    if layout == "t2i":
         return build_t2i_batch(texts, image_ids, image_ids, vocab=vocab, max_text_len=max_text_len,
                                cond_dropout_prob=cond_dropout_prob, generator=generator)
-    if task == "mmu":
+    if layout == "mmu":
         return build_mmu_batch(image_ids, texts, vocab=vocab, max_text_len=max_text_len)
-    if task == "r2i":
+    if layout == "r2i":
         return build_r2i_batch(texts, image_ids, vocab=vocab, max_text_len=max_text_len)
-    if task == "lm":
+    if layout == "lm":
         return build_lm_batch(texts, vocab=vocab, max_seq_len=seq_len)
-    if task == "lm_chat":
+    if layout == "lm_chat":
         return build_lm_chat_batch(texts, vocab=vocab, max_seq_len=seq_len)
-    raise ValueError(f"unknown task {task!r}; expected one of {TASK_NAMES}")
+    raise ValueError(f"task {task!r}: no training builder for the {layout!r} layout")
 
 
 def batch_rng(seed: int, rank: int, name: str, index: int) -> random.Random:

@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -42,8 +42,6 @@ from ..world.scenes import Scene, region_name
 from .data_adapters import Skip, SkipCounter
 from .data_tasks import (
     CAPTION_QUESTIONS,
-    IMAGE_TASKS,
-    TASK_NAMES,
     as_image_encoder,
     assemble,
     batch_rng,
@@ -57,6 +55,7 @@ from .data_tasks import (
     text_length,
     torch_generator,
 )
+from .tasks import training_task
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +72,8 @@ DEFAULT_WEIGHTS: Mapping[str, Mapping[str, float]] = {
 _SFT_ONLY = ("cot", "plain_fraction", "thinking")
 MAX_REDRAWS = 100
 """Consecutive rows too long for their budget before giving up: `max_text_len` is then too small."""
+Row = tuple[str, tuple[str, int] | None]
+"""A row's text and, for tasks with an image, the pooled image it shows: (record kind, index)."""
 
 
 @dataclass(frozen=True)
@@ -114,8 +115,8 @@ class WorldSpec:
             if getattr(self, key) < low:
                 raise ValueError(f"`{key}` must be >= {low}, got {getattr(self, key)}")
         for task, size in self.batch_sizes.items():
-            if task not in TASK_NAMES:
-                raise ValueError(f"`batch_sizes.{task}`: unknown task; expected one of {list(TASK_NAMES)}")
+            if task not in WorldSource.ROWS:
+                raise ValueError(f"`batch_sizes.{task}`: unknown task; expected one of {list(WorldSource.ROWS)}")
             if size < 0:
                 raise ValueError(f"`batch_sizes.{task}` must be >= 0, got {size}")
         for key in ("plain_fraction", "cond_dropout_prob"):
@@ -151,7 +152,7 @@ class WorldSource:
         self.batch_sizes = {task: size for task, size in sizes.items() if size > 0}
         if not self.batch_sizes:
             raise ValueError("`data.batch_sizes`: every task is disabled")
-        if self.encoder is None and IMAGE_TASKS & set(self.batch_sizes):
+        if self.encoder is None and any(training_task(task).image for task in self.batch_sizes):
             raise ValueError("`data.batch_sizes`: image tasks need an image tokenizer, got None")
         self.cot = stage == "sft" and spec.cot
         if "r2i" in self.batch_sizes and not self.cot:
@@ -213,29 +214,39 @@ class WorldSource:
         return render_chat(messages, bos_token=self.tokenizer.bos_token or "", thinking=use_cot and self.spec.thinking,
                            add_generation_prompt=False)
 
-    def _row(self, task: str, rng: random.Random) -> tuple[str, tuple[str, int] | None]:
-        """The text of one row and, for image tasks, which pooled image it shows."""
-        if task == "t2i":
-            kinds = self.weights["t2i"]
-            example, image = self._draw(rng.choices(list(kinds), list(kinds.values()))[0], rng)
-            return example.caption, image
-        if task == "mmu":
-            kinds = self.weights["mmu"]
-            kind = rng.choices(list(kinds), list(kinds.values()))[0]
-            example, image = self._draw("scenes" if kind == "caption" else kind, rng)
-            if kind == "caption":  # captioning keeps a short answer in every stage
-                question = rng.choice(CAPTION_QUESTIONS)
-                return self._chat(question, example.caption, None, rng), image
-            return self._chat(example.question, example.answer, example.cot_answer, rng), image
-        if task == "r2i":
-            example, image = self._draw("scenes", rng)
-            text = r2i_transcript(example.caption, describe_scene(example.scene), thinking=self.spec.thinking,
-                                  eot_quirk=False, bos_token=self.tokenizer.bos_token)
-            return text, image
+    def _t2i_row(self, rng: random.Random) -> Row:
+        kinds = self.weights["t2i"]
+        example, image = self._draw(rng.choices(list(kinds), list(kinds.values()))[0], rng)
+        return example.caption, image
+
+    def _mmu_row(self, rng: random.Random) -> Row:
+        kinds = self.weights["mmu"]
+        kind = rng.choices(list(kinds), list(kinds.values()))[0]
+        example, image = self._draw("scenes" if kind == "caption" else kind, rng)
+        if kind == "caption":  # captioning keeps a short answer in every stage
+            question = rng.choice(CAPTION_QUESTIONS)
+            return self._chat(question, example.caption, None, rng), image
+        return self._chat(example.question, example.answer, example.cot_answer, rng), image
+
+    def _r2i_row(self, rng: random.Random) -> Row:
+        example, image = self._draw("scenes", rng)
+        text = r2i_transcript(example.caption, describe_scene(example.scene), thinking=self.spec.thinking,
+                              eot_quirk=False, bos_token=self.tokenizer.bos_token)
+        return text, image
+
+    def _lm_row(self, rng: random.Random) -> Row:
         example, _ = self._draw("text", rng)
-        if task == "lm":
-            return f"{example.question} The answer is {example.answer}.", None
+        return f"{example.question} The answer is {example.answer}.", None
+
+    def _lm_chat_row(self, rng: random.Random) -> Row:
+        example, _ = self._draw("text", rng)
         return self._chat(example.question, example.answer, example.cot_answer, rng), None
+
+    ROWS: ClassVar[Mapping[str, Callable[[WorldSource, random.Random], Row]]] = {
+        "t2i": _t2i_row, "mmu": _mmu_row, "lm": _lm_row, "lm_chat": _lm_chat_row, "r2i": _r2i_row,
+    }
+    """The tasks the world emits: task -> its row maker (the text and, for tasks with an image, which pooled
+    image it shows)."""
 
     def _batch(self, task: str, size: int) -> TokenLayout:
         rng = batch_rng(self.seed, self.rank, f"world:{task}", self.batches)
@@ -244,7 +255,7 @@ class WorldSource:
         images: list[tuple[str, int]] = []
         redraws = 0
         while len(texts) < size:
-            text, image = self._row(task, rng)
+            text, image = self.ROWS[task](self, rng)
             ids = self.tokenizer.encode(text)
             if not fits(ids, budget, self.vocab):
                 self.skips.add(Skip("too_long", f"world {task} row of {len(ids)} tokens > {budget}: {text[:60]!r}"))
@@ -261,7 +272,7 @@ class WorldSource:
         max_text_len, seq_len = self.spec.max_text_len, self.seq_len
         if self.spec.pad_to == "longest":
             longest = max(text_length(ids, self.vocab) for ids in texts)
-            if task in ("lm", "lm_chat"):
+            if training_task(task).budget == "row":
                 seq_len = longest
             else:
                 max_text_len = longest

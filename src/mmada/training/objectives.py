@@ -7,9 +7,10 @@ Pretraining (stages 1.x) and mixed long-CoT SFT (2.x) are the same objective wit
 coefficients: in SFT the prompt is simply not maskable (`prompt_mask`), for text and understanding
 alike, so the `<think>…</think>` answer is what the model learns.
 
-A batch is a mapping task name -> `TokenLayout` (`t2i`, `lm`, `lm_chat`, `mmu`, `r2i`). Rows of the same
-length are run in one forward pass, as the official code concatenates t2i | lm | mmu rows; the logits
-are computed only at the positions a loss reads.
+A batch is a mapping task name -> `TokenLayout`. Each task's entry in `training.tasks.TRAINING_TASKS`
+gives its forward process and loss (`loss`), its coefficient (`coeff`) and its text normalisation
+(`normalize`); r2i is weighed by `t2i_coeff`. Rows of the same length are run in one forward pass, as the
+official code concatenates t2i | lm | mmu rows; the logits are computed only at the positions a loss reads.
 
 Official quirks reproduced by default (each can be turned off in `ObjectiveConfig`):
 * `padding="soft"`: the released models were trained with padding visible to attention (a float
@@ -45,10 +46,8 @@ from ..diffusion.losses import LossOutput, Normalize, diffusion_text_loss, image
 from ..diffusion.masking import TEXT_EPS, MaskedBatch, mask_image, mask_text
 from ..model.transformer import MMaDAModel
 from ..prompting import TokenLayout
+from .tasks import TRAINING_TASKS, training_task
 
-TEXT_TASKS = ("lm", "lm_chat", "mmu")
-IMAGE_TASKS = ("t2i",)
-TASKS = (*IMAGE_TASKS, *TEXT_TASKS, "r2i")
 AnswerPadding = Literal["train", "target", "ignore"]
 ANSWER_PADDING = ("train", "target", "ignore")
 
@@ -64,7 +63,7 @@ class ObjectiveConfig:
     """Coefficients and normalisation of the unified objective (defaults: stage 1.1 of the 8B run)."""
 
     t2i_coeff: float = 1.0
-    """Weight of the image loss."""
+    """Weight of the image-generation losses (t2i and r2i rows)."""
     lm_coeff: float = 0.1
     """Weight of the text loss (lm and lm_chat rows)."""
     mmu_coeff: float = 1.0
@@ -95,14 +94,26 @@ class ObjectiveConfig:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}")
         if self.padding not in ("soft", "hide"):
             raise ValueError(f"`padding` must be 'soft' or 'hide', got {self.padding!r}")
+        answer_tasks = [task for task, entry in TRAINING_TASKS.items() if entry.answer_options]
         for name, valid in (("answer_padding", lambda v: v in ANSWER_PADDING),
                             ("whole_answer_max_tokens", lambda v: isinstance(v, int) and v >= 0)):
             for task, value in getattr(self, name).items():
-                if task not in TEXT_TASKS:
-                    raise ValueError(f"`{name}.{task}`: not a text task; expected one of {TEXT_TASKS}")
+                if task not in answer_tasks:
+                    raise ValueError(f"`{name}.{task}`: not a text task; expected one of {answer_tasks}")
                 if not valid(value):
                     expected = "'train', 'target' or 'ignore'" if name == "answer_padding" else "an integer >= 0"
                     raise ValueError(f"`{name}.{task}` must be {expected}, got {value!r}")
+
+    def coefficient(self, task: str) -> float:
+        """The weight of `task`'s loss in the total: the coefficient its table entry names."""
+        return getattr(self, training_task(task).coeff)
+
+    def normalization(self, task: str) -> Normalize:
+        """How `task`'s text loss is normalised: the field its table entry names."""
+        field_name = training_task(task).normalize
+        if field_name is None:
+            raise ValueError(f"task {task!r} has no text loss")
+        return getattr(self, field_name)
 
     def ignores_padding(self, task: str) -> bool:
         """The EOS padding after the first EOS is not a target."""
@@ -135,7 +146,7 @@ class MaskedDiffusionObjective:
     def noise(self, task: str, layout: TokenLayout, mask_id: int, generator: torch.Generator | None) -> NoisedTask:
         """Apply the task's forward process to a layout."""
         cfg, ids = self.config, layout.input_ids
-        if task in IMAGE_TASKS:
+        if training_task(task).loss == "image":
             image = layout.spans.image.mask(layout.seq_len)
             masked = mask_image(ids, image, mask_id=mask_id, schedule=cfg.t2i_schedule,
                                 min_ratio=cfg.min_masking_rate, generator=generator)
@@ -146,16 +157,14 @@ class MaskedDiffusionObjective:
                 positions[rows, layout.spans.image.start - 1] = True  # <|soi|>
                 positions[rows, layout.spans.image.stop] = True  # <|eoi|>
             return NoisedTask(task, layout, masked, positions)
-        if task in (*TEXT_TASKS, "r2i"):
-            # r2i: the <think> text and the image are the jointly masked response (text rule for both)
-            masked = mask_text(ids, ~layout.prompt_mask, mask_id=mask_id, eps=cfg.eps, generator=generator)
-            if limit := cfg.whole_answer_max_tokens.get(task, 0):
-                masked = _mask_short_answers(masked, layout, limit, mask_id)
-            positions = masked.is_masked
-            if cfg.ignores_padding(task):
-                positions = positions & layout.spans.text.mask(layout.seq_len)
-            return NoisedTask(task, layout, masked, positions)
-        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+        # the response (~prompt_mask); for r2i the <think> text and the image, masked jointly by the text rule
+        masked = mask_text(ids, ~layout.prompt_mask, mask_id=mask_id, eps=cfg.eps, generator=generator)
+        if limit := cfg.whole_answer_max_tokens.get(task, 0):
+            masked = _mask_short_answers(masked, layout, limit, mask_id)
+        positions = masked.is_masked
+        if cfg.ignores_padding(task):
+            positions = positions & layout.spans.text.mask(layout.seq_len)
+        return NoisedTask(task, layout, masked, positions)
 
     def __call__(
         self, model: MMaDAModel, batch: Mapping[str, TokenLayout], generator: torch.Generator | None = None
@@ -178,9 +187,7 @@ class MaskedDiffusionObjective:
                 losses[item.task] = self._task_loss(item, logits[start : start + n])
                 start += n
                 num_tokens += n
-        weights = {"t2i": self.config.t2i_coeff, "lm": self.config.lm_coeff, "lm_chat": self.config.lm_coeff,
-                   "mmu": self.config.mmu_coeff, "r2i": self.config.t2i_coeff}
-        total = sum(weights[task] * loss for task, loss in losses.items())
+        total = sum(self.config.coefficient(task) * loss for task, loss in losses.items())
         return LossOutput(total=total, per_task=losses, num_tokens=num_tokens)  # type: ignore[arg-type]
 
     def _forward(self, model: MMaDAModel, group: list[NoisedTask]) -> Tensor:
@@ -192,14 +199,14 @@ class MaskedDiffusionObjective:
     def _task_loss(self, item: NoisedTask, logits: Tensor) -> Tensor:
         layout, masked, pos = item.layout, item.masked, item.loss_positions
         targets = layout.input_ids[pos]  # the clean tokens
-        if item.task in IMAGE_TASKS:
+        if training_task(item.task).loss == "image":
             return image_token_loss(logits, targets)
         rows = pos.nonzero()[:, 0]
         p = masked.p_mask.expand_as(pos)[pos]
         real = self.config.divides_by_real_length(item.task)
         answer_lengths = answer_text_lengths(layout) if real else (~layout.prompt_mask).sum(dim=1)
-        normalize = self.config.lm_normalize if item.task == "lm" else self.config.chat_normalize
-        return diffusion_text_loss(logits, targets, p, rows, batch_size=layout.batch_size, normalize=normalize,
+        return diffusion_text_loss(logits, targets, p, rows, batch_size=layout.batch_size,
+                                   normalize=self.config.normalization(item.task),
                                    seq_len=layout.seq_len, answer_lengths=answer_lengths,
                                    tokens_exclude_padding=real)
 

@@ -39,8 +39,9 @@ from .config import TrainConfig, build_model, load_tokenizers
 from .data import BatchSource, build_source
 from .hooks import EvalHook, PipelineHooks, PreviewHook
 from .metrics import MetricsSink, open_sinks
-from .objectives import TASKS, MaskedDiffusionObjective, Objective
+from .objectives import MaskedDiffusionObjective, Objective
 from .optim import build_optimizer, build_scheduler
+from .tasks import TRAINING_TASKS
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,8 @@ class Trainer:
 
     def train_step(self, batches: Iterator[Mapping[str, TokenLayout]]) -> dict[str, float]:
         """One optimizer step over `batch.grad_accum` micro-batches; returns its metrics (process means)."""
-        accum, device, n = self.config.batch.grad_accum, self.ctx.device, len(TASKS)
+        accum, device, tasks = self.config.batch.grad_accum, self.ctx.device, list(TRAINING_TASKS)
+        n = len(tasks)
         self.model.train()
         start = time.perf_counter()
         # [mean total, per-task loss sums (n), per-task micro-batch counts (n), input tokens]: one all-reduce
@@ -96,8 +98,8 @@ class Trainer:
             (out.total / accum).backward()
             stats[0] += out.total.detach().float() / accum
             for task, loss in out.per_task.items():
-                stats[1 + TASKS.index(task)] += loss.detach().float()
-                stats[1 + n + TASKS.index(task)] += 1
+                stats[1 + tasks.index(task)] += loss.detach().float()
+                stats[1 + n + tasks.index(task)] += 1
             stats[-1] += sum(layout.input_ids.numel() for layout in batch.values())
         lr = self.optimizer.param_groups[0]["lr"]  # the rate of this update (the scheduler moves it after)
         grad_norm = float(self.dist.clip_grad_norm(self.model, self.config.optim.max_grad_norm or math.inf))
@@ -110,7 +112,7 @@ class Trainer:
         stats = self.dist.all_reduce_mean(stats, self.ctx).tolist()
         elapsed = time.perf_counter() - start
         metrics = {"loss": stats[0]}
-        metrics.update({f"loss/{t}": stats[1 + i] / stats[1 + n + i] for i, t in enumerate(TASKS) if stats[1 + n + i]})
+        metrics.update({f"loss/{t}": stats[1 + i] / stats[1 + n + i] for i, t in enumerate(tasks) if stats[1 + n + i]})
         tokens = stats[-1] * self.ctx.world_size
         metrics.update(lr=lr, grad_norm=grad_norm, tokens=tokens, tokens_per_s=tokens / elapsed, step_time_s=elapsed)
         return metrics
