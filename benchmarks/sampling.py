@@ -23,11 +23,14 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
+from train_step import synthetic_vocab  # benchmarks/ is on sys.path when a benchmark runs
 
 from mmada.model import MMaDAModel, ModelConfig
-from mmada.sampling import sample_t2i, sample_text
+from mmada.prompting import build_t2i_gen_batch, build_t2i_uncond
+from mmada.sampling import ImageSampling, TextSampling, sample_t2i, sample_text
 
 SIZES = {  # name: (d_model, n_layers, n_heads, mlp_hidden_size, vocab_size); vocab / d_model ~ 32 as MMaDA-8B
     "small": (256, 4, 4, 704, 8192),
@@ -88,23 +91,23 @@ def text_jobs(model: MMaDAModel, args: argparse.Namespace) -> dict[str, Callable
     text = torch.randint(0, mask_id, (args.batch, args.prompt_len), generator=g)
     image = torch.randint(vocab // 2, vocab, (args.batch, args.image_tokens), generator=g)
     mmu = torch.cat([text[:, :3], image, text[:, : args.prompt_len // 2]], dim=1)
-    kw = dict(gen_length=args.gen_length, block_length=args.block_length, steps=args.steps, mask_id=mask_id)
+    settings = TextSampling(gen_length=args.gen_length, block_length=args.block_length, steps=args.steps,
+                            temperature=0.0)
     return {
-        "text": lambda m: sample_text(m, text, **kw),
-        "mmu": lambda m: sample_text(m, mmu, **kw),
+        "text": lambda m: sample_text(m, text, settings, mask_id=mask_id),
+        "mmu": lambda m: sample_text(m, mmu, settings, mask_id=mask_id),
     }
 
 
 def t2i_job(model: MMaDAModel, args: argparse.Namespace) -> Callable[[Counting], torch.Tensor]:
-    vocab, mask_id, n = model.config.vocab_size, model.config.mask_token_id, args.image_tokens
+    vocab, n = synthetic_vocab(model.config.vocab_size), args.image_tokens
     g = torch.Generator().manual_seed(1)
-    prefix = torch.randint(0, mask_id, (args.batch, args.prompt_len), generator=g)
-    tail = torch.cat([prefix[:, :1], torch.full((args.batch, n), mask_id), prefix[:, :1]], dim=1)
-    ids = torch.cat([prefix, tail], dim=1)  # text, <soi>, N masks, <eoi>
-    uncond = torch.cat([prefix[:, :2].repeat(1, args.prompt_len // 2), tail], dim=1)
-    kw = dict(uncond_input_ids=uncond, timesteps=args.timesteps, guidance_scale=3.5, num_image_tokens=n,
-              codebook_size=vocab // 2, image_offset=vocab // 2, mask_id=mask_id)
-    return lambda m: sample_t2i(m, ids, None, generator=torch.Generator().manual_seed(0), **kw)
+    captions = torch.randint(0, vocab.mask_id - 20, (args.batch, args.prompt_len), generator=g).tolist()
+    layout = build_t2i_gen_batch(captions, vocab=vocab, max_text_len=args.prompt_len + 2, num_image_tokens=n)
+    uncond = build_t2i_uncond(vocab=vocab, max_text_len=args.prompt_len + 2, num_image_tokens=n,
+                              batch_size=args.batch)
+    settings = ImageSampling(timesteps=args.timesteps, guidance_scale=3.5)
+    return lambda m: sample_t2i(m, layout, settings, vocab, uncond=uncond, generator=torch.Generator().manual_seed(0))
 
 
 def compare_positions(model: MMaDAModel, args: argparse.Namespace, size: str, share: float) -> list[str]:
@@ -124,11 +127,12 @@ def compare_positions(model: MMaDAModel, args: argparse.Namespace, size: str, sh
 def compare_threshold(model: MMaDAModel, args: argparse.Namespace, size: str) -> list[str]:
     mask_id = model.config.mask_token_id
     prompt = torch.randint(0, mask_id, (args.batch, args.prompt_len), generator=torch.Generator().manual_seed(2))
-    kw = dict(gen_length=args.gen_length, block_length=args.block_length, steps=args.gen_length, mask_id=mask_id)
+    settings = TextSampling(gen_length=args.gen_length, block_length=args.block_length, steps=args.gen_length,
+                            temperature=0.0)
     exact, fast = Counting(model, full_logits=False), Counting(model, full_logits=False)
     (exact_s, _), (fast_s, _) = best_of(
-        args.repeats, lambda: sample_text(exact, prompt, **kw),
-        lambda: sample_text(fast, prompt, threshold=args.threshold, **kw),
+        args.repeats, lambda: sample_text(exact, prompt, settings, mask_id=mask_id),
+        lambda: sample_text(fast, prompt, replace(settings, threshold=args.threshold), mask_id=mask_id),
     )
     tokens = args.batch * args.gen_length
     return [f"| {size} | exact (1 token/step) | {exact.calls // args.repeats} | {tokens / exact_s:.1f} | 1.00x |",

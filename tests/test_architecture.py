@@ -146,3 +146,38 @@ def test_each_task_constant_is_defined_once():
                     defined.setdefault(name, []).append("/".join(parts))
     twice = {name: where for name, where in defined.items() if len(where) > 1}
     assert not twice, f"task constants defined in more than one module: {twice}"
+
+
+# The task API (`pipelines`) sits on top of the samplers; nothing below it reaches up, and of the training
+# package only its preview / evaluation hooks use it (they run the pipeline on the model being trained).
+PIPELINE_USERS = {"training/hooks.py"}
+
+
+@pytest.mark.parametrize("package", ["sampling", "prompting", "diffusion", "model", "training"])
+def test_lower_packages_and_training_do_not_import_the_pipelines(package):
+    for path, parts in _modules():
+        if _top(parts) != package or "/".join(parts) in PIPELINE_USERS:
+            continue
+        assert "pipelines" not in _imported_packages(path, parts), f"{path} imports mmada.pipelines"
+
+
+def test_samplers_take_their_settings_object():
+    import inspect
+    from dataclasses import fields
+
+    from mmada import sampling
+    from mmada.sampling import ImageSampling, InfillSampling, TextSampling
+
+    takes = {
+        TextSampling: ("iter_sample_text", "sample_text"),
+        ImageSampling: ("iter_sample_t2i", "sample_t2i", "iter_inpaint_image", "inpaint_image",
+                        "iter_extrapolate_image", "extrapolate_image"),
+        InfillSampling: ("iter_infill_text", "infill_text"),
+    }
+    setting_names = {f.name for kind in takes for f in fields(kind)}
+    for kind, names in takes.items():
+        for name in names:
+            params = inspect.signature(getattr(sampling, name)).parameters.values()
+            assert [p.annotation for p in params].count(kind.__name__) == 1, f"{name} must take a {kind.__name__}"
+            flat = sorted(p.name for p in params if p.name in setting_names)
+            assert not flat, f"{name} takes settings {flat} as loose arguments; they belong in {kind.__name__}"

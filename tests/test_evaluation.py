@@ -6,6 +6,7 @@ import pytest
 
 from mmada.evaluation.world import TASKS, WorldEvalConfig, evaluate_world, results_to_markdown
 from mmada.pipelines import MMaDAPipeline
+from mmada.sampling import ImageSampling, Overrides, TextSampling
 
 
 @pytest.fixture(scope="module")
@@ -16,9 +17,9 @@ def pipe(reference_dir):
 
 
 def test_every_task_is_scored_per_group(pipe):
-    text = dict(gen_length=8, steps=4, block_length=8, temperature=0)
+    text = Overrides(TextSampling, gen_length=8, steps=4, block_length=8, temperature=0)
     config = WorldEvalConfig(per_group=2, limit=1, batch_size=8, text=text, short=text,
-                             image=dict(timesteps=2, guidance_scale=0.0))
+                             image=Overrides(ImageSampling, timesteps=2, guidance_scale=0.0))
     results = evaluate_world(pipe, config)
     assert set(results) == set(TASKS)
     assert set(results["arithmetic"]) == {"1 steps", "2 steps", "3 steps", "4 steps", "overall", "think format"}
@@ -35,6 +36,10 @@ def test_bad_config_is_refused():
         WorldEvalConfig(tasks=("poetry",))
     with pytest.raises(ValueError, match="must be >= 1"):
         WorldEvalConfig(batch_size=0)
+    with pytest.raises(ValueError, match=r"`text` must be Overrides\(TextSampling"):
+        WorldEvalConfig(text={"temperature": 0.0})
+    with pytest.raises(ValueError, match="unknown sampler setting 'gen_lenght'"):
+        Overrides(TextSampling, gen_lenght=8)
 
 
 @pytest.mark.parametrize("thinking", [False, True])
@@ -44,12 +49,12 @@ def test_vqa_gives_thinking_answers_the_reasoning_settings(pipe, monkeypatch, th
     original = pipe.understand_batch
 
     def spy(images, questions, **kwargs):
-        seen.append((kwargs.get("thinking", False), kwargs["gen_length"]))
+        seen.append((kwargs.get("thinking", False), kwargs["sampling"].gen_length))
         return original(images, questions, **kwargs)
 
     monkeypatch.setattr(pipe, "understand_batch", spy)
-    text = dict(gen_length=16, steps=4, block_length=16, temperature=0)
-    short = dict(gen_length=8, steps=4, block_length=8, temperature=0)
+    text = Overrides(TextSampling, gen_length=16, steps=4, block_length=16, temperature=0)
+    short = Overrides(TextSampling, gen_length=8, steps=4, block_length=8, temperature=0)
     evaluate_world(pipe, WorldEvalConfig(tasks=("vqa", "digit_recognition"), per_group=1, limit=1, thinking=thinking,
                                          text=text, short=short))
     vqa, digits = seen[0], seen[-1]

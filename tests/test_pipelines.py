@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from mmada.pipelines import MMaDAPipeline, region_to_grid
+from mmada import ImageSampling, MMaDAPipeline, TextSampling
+from mmada.image_tokenizer import region_to_grid
 from mmada.sampling import last_step
 
 
@@ -89,6 +90,30 @@ def test_extrapolate_grows_the_image(pipe):
 def test_infill_keeps_the_context(pipe):
     text = pipe.infill("hello [BLANK] world", blank_length=4, temperature=0)
     assert text.startswith("hello") and text.endswith(" world") and "░" not in text
+
+
+@pytest.mark.parametrize("setting", [dict(cfg_scale=1.0), dict(threshold=0.9), dict(block_length=4),
+                                     dict(gen_length=8), dict(early_stop=False)])
+def test_infill_refuses_the_text_settings_it_does_not_use(pipe, setting):
+    name = next(iter(setting))
+    with pytest.raises(ValueError, match=f"sampler setting '{name}' is not supported by infill"):
+        pipe.infill("hello [BLANK] world", blank_length=4, **setting)
+
+
+def test_settings_objects_and_keyword_overrides_agree(pipe):
+    settings = TextSampling(gen_length=16, steps=8, block_length=8, temperature=0, early_stop=False)
+    by_object = pipe.generate("What is two plus three?", sampling=settings)
+    by_keywords = pipe.generate("What is two plus three?", gen_length=16, steps=8, block_length=8, temperature=0,
+                                early_stop=False)
+    assert torch.equal(by_object.tokens, by_keywords.tokens)
+    over = pipe.generate("What is two plus three?", sampling=settings, gen_length=8, block_length=8, steps=4)
+    assert over.tokens.shape == (8,)  # keywords apply over the given object
+    image = ImageSampling(timesteps=2, guidance_scale=0.0)
+    kw = dict(generator=torch.Generator().manual_seed(0))
+    first = last_step(pipe.iter_text_to_image("a red cube", sampling=image, **kw)).tokens
+    kw = dict(generator=torch.Generator().manual_seed(0))
+    assert torch.equal(first, last_step(pipe.iter_text_to_image("a red cube", timesteps=2, guidance_scale=0.0,
+                                                                **kw)).tokens)
 
 
 def test_region_forms_agree():

@@ -6,6 +6,7 @@ The parity cases (fixture `mmada_a/expected_t2i.safetensors`) were written by th
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -14,13 +15,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import BOS, EOI, EOS, MASK, MOCK_VOCAB, PAD, SOI, T2I, K, MockDenoiser, t2i_layout
 from mmada.diffusion.schedules import get_schedule
-from mmada.sampling import guide, iter_sample_t2i, sample_t2i
+from mmada.prompting import TokenLayout
+from mmada.sampling import ImageSampling, guide, iter_sample_t2i, sample_t2i
 from mmada.sampling.image import annealed_temperatures, remask_count
-from test_sampling_text import MASK, MockDenoiser  # the shared deterministic mock (tests/ is on sys.path)
 
-PAD, T2I, BOS, EOS, SOI, EOI = 18, 19, 0, 1, 20, 21
-OFFSET, K, N = 22, 16, 9  # image tokens 22..37, a 3 x 3 grid
+N = 9  # a 3 x 3 grid of image tokens (MOCK_VOCAB: codes at 22..37)
 
 
 def layout(captions: list[list[int]], text_len: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,10 +35,20 @@ def layout(captions: list[list[int]], text_len: int = 6) -> tuple[torch.Tensor, 
     return torch.tensor(rows), torch.tensor(masks)
 
 
-def t2i_kwargs(**kw):
-    base = dict(timesteps=5, guidance_scale=0.0, num_image_tokens=N, codebook_size=K, image_offset=OFFSET,
-                mask_id=MASK)
-    return base | kw
+def t2i_settings(**kw) -> ImageSampling:
+    """The mock's settings: 5 steps without guidance, `kw` replacing any."""
+    return ImageSampling(**(dict(timesteps=5, guidance_scale=0.0) | kw))
+
+
+def sample(model, ids, mask, settings, *, uncond=None, vocab=MOCK_VOCAB, iterate=False, **kw):
+    """`sample_t2i` (or the list of `iter_sample_t2i` steps) on raw mock rows with N image tokens."""
+    run = iter_sample_t2i if iterate else sample_t2i
+    out = run(model, t2i_layout(ids, mask, N), settings, vocab, uncond=as_layout(uncond), **kw)
+    return list(out) if iterate else out
+
+
+def as_layout(uncond: dict | None) -> TokenLayout | None:
+    return None if uncond is None else t2i_layout(uncond["uncond_input_ids"], uncond["uncond_attention_mask"], N)
 
 
 def cfg_inputs():
@@ -51,8 +62,8 @@ def cfg_inputs():
 
 def test_codes_fill_the_image_and_follow_the_cosine_schedule():
     ids, mask = layout([[5, 6], [7, 8, 9]])
-    steps = list(iter_sample_t2i(MockDenoiser(), ids, mask, generator=torch.Generator().manual_seed(0),
-                                 **t2i_kwargs()))
+    steps = sample(MockDenoiser(), ids, mask, t2i_settings(), generator=torch.Generator().manual_seed(0),
+                   iterate=True)
     assert len(steps) == 5
     for s in steps:
         assert s.tokens.shape == (2, N) and ((s.tokens >= 0) & (s.tokens < K)).all()
@@ -68,8 +79,8 @@ def test_codes_fill_the_image_and_follow_the_cosine_schedule():
 def test_logits_only_at_image_positions_and_guided_batch_layout():
     ids, mask, uncond = cfg_inputs()
     model = MockDenoiser()
-    sample_t2i(model, ids, mask, generator=torch.Generator().manual_seed(0), **uncond,
-               **t2i_kwargs(guidance_scale=2.0))
+    sample(model, ids, mask, t2i_settings(guidance_scale=2.0), uncond=uncond,
+           generator=torch.Generator().manual_seed(0))
     length = ids.shape[1]
     for call_ids, call_mask, positions in model.calls:
         assert positions == slice(length - N - 1, length - 1)
@@ -80,24 +91,25 @@ def test_logits_only_at_image_positions_and_guided_batch_layout():
 
 def test_iterator_and_function_agree_and_are_deterministic():
     ids, mask, uncond = cfg_inputs()
-    kw = t2i_kwargs(guidance_scale=1.5) | uncond
+    settings = t2i_settings(guidance_scale=1.5)
 
-    def sample(seed):
-        return sample_t2i(MockDenoiser(), ids, mask, generator=torch.Generator().manual_seed(seed), **kw)
+    def seeded(seed):
+        return sample(MockDenoiser(), ids, mask, settings, uncond=uncond, generator=torch.Generator().manual_seed(seed))
 
-    last = list(iter_sample_t2i(MockDenoiser(), ids, mask, generator=torch.Generator().manual_seed(4), **kw))[-1]
-    assert torch.equal(last.tokens, sample(4)) and torch.equal(sample(4), sample(4))
-    assert not torch.equal(sample(4), sample(5))
+    last = sample(MockDenoiser(), ids, mask, settings, uncond=uncond, generator=torch.Generator().manual_seed(4),
+                  iterate=True)[-1]
+    assert torch.equal(last.tokens, seeded(4)) and torch.equal(seeded(4), seeded(4))
+    assert not torch.equal(seeded(4), seeded(5))
     with torch.random.fork_rng():
         torch.manual_seed(4)
-        implicit = sample_t2i(MockDenoiser(), ids, mask, **kw)
-    assert torch.equal(implicit, sample(4))  # the global generator behaves like a seeded one
+        implicit = sample(MockDenoiser(), ids, mask, settings, uncond=uncond)
+    assert torch.equal(implicit, seeded(4))  # the global generator behaves like a seeded one
 
 
 def test_input_is_not_modified():
     ids, mask = layout([[5, 6]])
     before = ids.clone()
-    sample_t2i(MockDenoiser(), ids, mask, **t2i_kwargs())
+    sample(MockDenoiser(), ids, mask, t2i_settings())
     assert torch.equal(ids, before)
 
 
@@ -105,9 +117,8 @@ def test_temperature_annealing_variants():
     assert annealed_temperatures(1.0, 4, "linear") == [0.75, 0.5, 0.25, 0.0]
     assert annealed_temperatures(1.0, 4, "compounding") == pytest.approx([0.75, 0.375, 0.09375, 0.0])
     ids, mask = layout([[5, 6]])
-    kw = t2i_kwargs(timesteps=4, temperature=3.0)
-    linear = sample_t2i(MockDenoiser(), ids, mask, temperature_schedule="linear",
-                        generator=torch.Generator().manual_seed(1), **kw)
+    settings = t2i_settings(timesteps=4, temperature=3.0, temperature_schedule="linear")
+    linear = sample(MockDenoiser(), ids, mask, settings, generator=torch.Generator().manual_seed(1))
     assert linear.shape == (1, N)
 
 
@@ -121,19 +132,21 @@ def test_remask_count_clamps():
 @pytest.mark.parametrize(
     ("kw", "message"),
     [
-        (dict(guidance_scale=2.0), r"`uncond_input_ids` is required when `guidance_scale` \(2.0\) > 0"),
+        (dict(guidance_scale=2.0), r"`uncond` \(the null-prompt layout\) is required when `guidance_scale` \(2.0\)"),
         (dict(timesteps=0), r"`timesteps` \(0\) must be >= 1"),
-        (dict(num_image_tokens=40), r"`num_image_tokens` \(40\)"),
         (dict(temperature=-1.0), r"`temperature`"),
         (dict(temperature_schedule="cosine"), r"`temperature_schedule`"),
-        (dict(codebook_size=4), r"image positions of `input_ids`"),
+        (dict(schedule="cosinus"), r"schedule"),
+        (dict(vocab=dataclasses.replace(MOCK_VOCAB, codebook_size=4)), r"image positions of the layout"),
     ],
 )
 def test_invalid_settings_are_refused_by_name(kw, message):
     ids, mask = layout([[5, 6]])
-    ids[0, -3] = OFFSET + 10  # a given code: only valid while codebook_size > 10
-    with pytest.raises(ValueError, match=message):  # when the iterator is made, before any step
-        iter_sample_t2i(MockDenoiser(), ids, mask, **t2i_kwargs(**kw))
+    ids[0, -3] = MOCK_VOCAB.image_offset + 10  # a given code: only valid while codebook_size > 10
+    vocab = kw.pop("vocab", MOCK_VOCAB)
+    # settings when the ImageSampling is made; tensors when the iterator is made, before any step
+    with pytest.raises(ValueError, match=message):
+        iter_sample_t2i(MockDenoiser(), t2i_layout(ids, mask, N), t2i_settings(**kw), vocab)
 
 
 # ---- schedules ----------------------------------------------------------------------------------
@@ -181,21 +194,28 @@ def reference_model(reference_dir):
     return mmada.load_model(reference_dir / "mmada_a")
 
 
+@pytest.fixture(scope="module")
+def reference_vocab(reference_dir, reference_model):
+    from mmada.prompting import TextTokenizer, vocab_for
+
+    return vocab_for(TextTokenizer.from_pretrained(reference_dir / "mmada_a"), reference_model)
+
+
 @pytest.mark.parametrize("name", T2I_CASES)
-def test_official_t2i_parity(name, reference_dir, reference_model):
+def test_official_t2i_parity(name, reference_dir, reference_model, reference_vocab):
     folder = reference_dir / "mmada_a"
     args = {c["name"]: c for c in json.loads((folder / "cases.json").read_text())["cases"]}[name]["args"]
     data = load_file(folder / "expected_t2i.safetensors")
     offset, n = json.loads((folder / "cases.json").read_text())["vocab"]["image_token_offset"], args["seq_len"]
     ids, mask = data[f"{name}.input_ids"], data[f"{name}.attention_mask"]
     model = Recorder(reference_model)
-    steps = list(iter_sample_t2i(
-        model, ids, mask, uncond_input_ids=data.get(f"{name}.uncond_input_ids"),
-        uncond_attention_mask=data.get(f"{name}.uncond_attention_mask"), timesteps=args["timesteps"],
-        guidance_scale=args["guidance_scale"], temperature=args["temperature"], schedule=args["schedule"],
-        num_image_tokens=n, codebook_size=args["codebook_size"], image_offset=offset,
-        mask_id=args["mask_token_id"], generator=torch.Generator().manual_seed(args["generator_seed"]),
-    ))
+    settings = ImageSampling(timesteps=args["timesteps"], guidance_scale=args["guidance_scale"],
+                             temperature=args["temperature"], schedule=args["schedule"])
+    uncond = None
+    if f"{name}.uncond_input_ids" in data:
+        uncond = t2i_layout(data[f"{name}.uncond_input_ids"], data[f"{name}.uncond_attention_mask"], n)
+    steps = list(iter_sample_t2i(model, t2i_layout(ids, mask, n), settings, reference_vocab, uncond=uncond,
+                                 generator=torch.Generator().manual_seed(args["generator_seed"])))
     assert torch.equal(steps[-1].tokens, data[f"{name}.sampled_ids"])
     assert torch.equal(torch.stack([c[0] for c in model.calls]), data[f"{name}.trace_inputs"])
     image, vocab = slice(ids.shape[1] - n - 1, ids.shape[1] - 1), slice(offset, offset + args["codebook_size"])

@@ -12,7 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mmada.sampling import ClassifierFreeGuidance, iter_sample_text, sample_text
+from conftest import MASK, MockDenoiser
+from mmada.sampling import ClassifierFreeGuidance, TextSampling, iter_sample_text, sample_text
 from mmada.sampling.common import (
     add_gumbel_noise,
     num_transfer_tokens,
@@ -21,50 +22,23 @@ from mmada.sampling.common import (
     uniform_window,
 )
 
-MASK = 39
-VOCAB = 40
-
-
-class MockDenoiser:
-    """Deterministic denoiser: logits = sum of the visible tokens' rows + a relative-position row
-    + the own token's row.
-
-    Like a RoPE model with a key padding mask, the logits depend only on the visible tokens and on
-    positions counted from the first visible one, so a left-padded row gets exactly the logits it
-    gets alone. Table entries are multiples of 1/64, so float64 sums are exact in any order.
-    Records every call (ids, mask, positions).
-    """
-
-    def __init__(self, vocab: int = VOCAB, mask_id: int = MASK, *, seed: int = 0, max_len: int = 256,
-                 predict_mask: bool = False, sharpness: int = 1) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.token = torch.randint(-64, 65, (vocab, vocab), generator=g).double() * sharpness / 64
-        self.position = torch.randint(-256, 257, (max_len, vocab), generator=g).double() * sharpness / 64
-        if not predict_mask:
-            self.position[:, mask_id] = -1e4
-        self.calls: list[tuple[torch.Tensor, torch.Tensor | None, object]] = []
-
-    def __call__(self, input_ids, attention_mask=None, *, positions=None):
-        self.calls.append((input_ids.clone(), attention_mask, positions))
-        visible = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-        rows = self.token[input_ids]  # (B, L, V)
-        context = (rows * visible[..., None]).sum(dim=1, keepdim=True)  # (B, 1, V)
-        first = visible.long().argmax(dim=1, keepdim=True)  # (B, 1)
-        relative = (torch.arange(input_ids.shape[1]) - first).clamp(min=0)  # (B, L)
-        logits = context + self.position[relative] + rows  # (B, L, V)
-        if positions is None:
-            return logits
-        return logits[:, positions] if isinstance(positions, slice) else logits[positions]
-
 
 def prompts(batch: int = 2, length: int = 6, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, MASK, (batch, length), generator=g)
 
 
+TENSOR_ARGS = ("attention_mask", "stop_token_ids", "generator")
+
+
+def settings(**kw) -> TextSampling:
+    """The mock's settings: 12 tokens in blocks of 4, 6 steps, greedy, with `kw` replacing any."""
+    return TextSampling(**(dict(gen_length=12, block_length=4, steps=6, temperature=0.0) | kw))
+
+
 def run(model, prompt, **kw):
-    settings = dict(gen_length=12, block_length=4, steps=6, mask_id=MASK) | kw
-    return list(iter_sample_text(model, prompt, **settings))
+    inputs = {k: kw.pop(k) for k in TENSOR_ARGS if k in kw}
+    return list(iter_sample_text(model, prompt, settings(**kw), mask_id=MASK, **inputs))
 
 
 # ---- properties ---------------------------------------------------------------------------------
@@ -72,7 +46,7 @@ def run(model, prompt, **kw):
 
 def test_fills_every_mask_and_keeps_the_prompt():
     prompt = prompts()
-    out = sample_text(MockDenoiser(), prompt, gen_length=12, block_length=4, steps=6, mask_id=MASK)
+    out = sample_text(MockDenoiser(), prompt, settings(), mask_id=MASK)
     assert out.shape == (2, 18)
     assert torch.equal(out[:, :6], prompt)
     assert not (out == MASK).any()
@@ -113,21 +87,22 @@ def test_leftover_masks_compete_in_later_blocks():
 def test_iterator_and_function_agree_and_are_deterministic():
     kw = dict(temperature=1.0, remasking="random")
     final = run(MockDenoiser(), prompts(), generator=torch.Generator().manual_seed(5), **kw)[-1].tokens
-    out = sample_text(MockDenoiser(), prompts(), gen_length=12, block_length=4, steps=6, mask_id=MASK,
-                      generator=torch.Generator().manual_seed(5), **kw)
-    again = sample_text(MockDenoiser(), prompts(), gen_length=12, block_length=4, steps=6, mask_id=MASK,
-                        generator=torch.Generator().manual_seed(5), **kw)
-    other = sample_text(MockDenoiser(), prompts(), gen_length=12, block_length=4, steps=6, mask_id=MASK,
-                        generator=torch.Generator().manual_seed(6), **kw)
+    out = sample_text(MockDenoiser(), prompts(), settings(**kw), mask_id=MASK,
+                      generator=torch.Generator().manual_seed(5))
+    again = sample_text(MockDenoiser(), prompts(), settings(**kw), mask_id=MASK,
+                        generator=torch.Generator().manual_seed(5))
+    other = sample_text(MockDenoiser(), prompts(), settings(**kw), mask_id=MASK,
+                        generator=torch.Generator().manual_seed(6))
     assert torch.equal(final, out) and torch.equal(out, again) and not torch.equal(out, other)
 
 
 def test_global_generator_equals_a_seeded_generator():
-    kw = dict(gen_length=8, block_length=4, steps=4, mask_id=MASK, temperature=0.7, remasking="random")
+    kw = dict(mask_id=MASK)
+    config = settings(gen_length=8, block_length=4, steps=4, temperature=0.7, remasking="random")
     with torch.random.fork_rng():  # leave the global generator as other tests expect it
         torch.manual_seed(11)
-        implicit = sample_text(MockDenoiser(), prompts(), **kw)
-    explicit = sample_text(MockDenoiser(), prompts(), generator=torch.Generator().manual_seed(11), **kw)
+        implicit = sample_text(MockDenoiser(), prompts(), config, **kw)
+    explicit = sample_text(MockDenoiser(), prompts(), config, generator=torch.Generator().manual_seed(11), **kw)
     assert torch.equal(implicit, explicit)
 
 
@@ -138,10 +113,11 @@ def test_ragged_left_padded_batch_equals_rows_alone(cfg_scale):
     mask = torch.zeros(3, 7, dtype=torch.long)
     for i, row in enumerate(rows):
         batch[i, 7 - len(row):], mask[i, 7 - len(row):] = row, 1
-    kw = dict(gen_length=8, block_length=4, steps=6, mask_id=MASK, cfg_scale=cfg_scale)
-    together = sample_text(MockDenoiser(), batch, attention_mask=mask, **kw)
+    kw = dict(mask_id=MASK)
+    config = settings(gen_length=8, block_length=4, steps=6, cfg_scale=cfg_scale)
+    together = sample_text(MockDenoiser(), batch, config, attention_mask=mask, **kw)
     for i, row in enumerate(rows):
-        alone = sample_text(MockDenoiser(), row[None], **kw)
+        alone = sample_text(MockDenoiser(), row[None], config, **kw)
         assert torch.equal(together[i, 7 - len(row):], alone[0])
 
 
@@ -196,9 +172,9 @@ def test_stops_early_when_every_row_ends_a_block_with_a_stop_token():
     ],
 )
 def test_invalid_settings_are_refused_by_name(kw, message):
-    settings = dict(gen_length=12, block_length=4, steps=6, mask_id=MASK) | kw
-    with pytest.raises(ValueError, match=message):  # when the iterator is made, before any step
-        iter_sample_text(MockDenoiser(), prompts(), **settings)
+    # settings when the TextSampling is made; tensors when the iterator is made, before any step
+    with pytest.raises(ValueError, match=message):
+        run(MockDenoiser(), prompts(), **kw)
 
 
 # ---- shared pieces ------------------------------------------------------------------------------
@@ -271,13 +247,14 @@ def test_official_sampling_parity(name, reference_dir, reference_model):
     args, data = case["args"], load_file(reference_dir / "mmada_a" / "expected_sampling.safetensors")
     model = Recorder(reference_model)
     generator = torch.Generator().manual_seed(args["seed"]) if "seed" in args else None
-    out = sample_text(
-        model, data[f"{name}.prompt"], gen_length=args.get("max_new_tokens", args.get("gen_length")),
-        block_length=args["block_length"], steps=args["steps"], temperature=args["temperature"],
-        remasking=args["remasking"], cfg_scale=args.get("cfg_scale", 0.0), mask_id=args["mask_id"],
-        attention_mask=data.get(f"{name}.attention_mask"), stop_token_ids=args.get("eot_token"),
-        generator=generator,
+    settings = TextSampling(
+        gen_length=args.get("max_new_tokens", args.get("gen_length")), block_length=args["block_length"],
+        steps=args["steps"], temperature=args["temperature"], remasking=args["remasking"],
+        cfg_scale=args.get("cfg_scale", 0.0),
     )
+    out = sample_text(model, data[f"{name}.prompt"], settings, mask_id=args["mask_id"],
+                      attention_mask=data.get(f"{name}.attention_mask"), stop_token_ids=args.get("eot_token"),
+                      generator=generator)
     assert torch.equal(out, data[f"{name}.output"])
     assert torch.equal(torch.stack(model.ids), data[f"{name}.trace_inputs"])
     assert all(isinstance(p, slice) for p in model.positions)  # never the full-sequence logits

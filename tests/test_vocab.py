@@ -176,3 +176,18 @@ def test_special_ids_lists_every_role(tiny: Vocab) -> None:
     ids = tiny.special_ids()
     assert len(ids) == 18 and "text_vocab_size" not in ids
     assert ids["mask_id"] == 315
+
+
+def test_vocab_for_checks_the_model_mask_id_against_the_tokenizer(tokenizer: TextTokenizer, tiny: Vocab) -> None:
+    from types import SimpleNamespace
+
+    from mmada.model import ModelConfig
+    from mmada.prompting import vocab_for
+    from mmada.utils.files import CheckpointError
+
+    config = ModelConfig.tiny(vocab_size=512, embedding_size=512, mask_token_id=tiny.mask_id, codebook_size=128)
+    assert vocab_for(tokenizer, SimpleNamespace(config=config)) == tiny
+    wrong = dataclasses.replace(config, mask_token_id=tiny.mask_id - 1)
+    message = rf"`mask_token_id` \({tiny.mask_id - 1}\) differs from .*\({tiny.mask_id}\)"
+    with pytest.raises(CheckpointError, match=message):
+        vocab_for(tokenizer, SimpleNamespace(config=wrong))

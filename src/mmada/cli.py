@@ -109,8 +109,10 @@ def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, title: str)
                                help=f"{docs.get(f.name, '')} (default: {f.default})")
 
 
-def _sampling(args: argparse.Namespace, cls: type) -> dict[str, Any]:
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+def _sampling(args: argparse.Namespace, defaults: Any) -> Any:
+    """The sampler settings of a call: the pipeline's `defaults` with the flags given on the command line."""
+    given = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(defaults)}
+    return dataclasses.replace(defaults, **{name: value for name, value in given.items() if value is not None})
 
 
 def _pipeline(args: argparse.Namespace) -> Any:
@@ -141,10 +143,9 @@ def _pipeline(args: argparse.Namespace) -> Any:
 def _run_text(steps: Any, total: int, quiet: bool) -> Any:
     from tqdm import tqdm
 
-    last = None
-    for last in tqdm(steps, total=total, desc="denoising", unit="step", disable=quiet, leave=False):  # noqa: B007
-        pass
-    return last
+    from .sampling import last_step
+
+    return last_step(tqdm(steps, total=total, desc="denoising", unit="step", disable=quiet, leave=False))
 
 
 def _print_result(pipe: Any, last: Any, show_thinking: bool) -> None:
@@ -156,22 +157,17 @@ def _print_result(pipe: Any, last: Any, show_thinking: bool) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Answer one prompt."""
-    from .pipelines import TextSampling
-
     pipe = _pipeline(args)
-    sampling = _sampling(args, TextSampling)
-    steps = pipe.iter_generate(args.prompt, thinking=args.thinking, generator=args.generator, **sampling)
-    total = sampling.get("steps", pipe.settings.text.steps)
-    _print_result(pipe, _run_text(steps, total, args.quiet), show_thinking=True)
+    sampling = _sampling(args, pipe.settings.text)
+    steps = pipe.iter_generate(args.prompt, thinking=args.thinking, generator=args.generator, sampling=sampling)
+    _print_result(pipe, _run_text(steps, sampling.steps, args.quiet), show_thinking=True)
     return 0
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
     """Interactive multi-turn chat on stdin/stdout; an empty line or EOF ends it."""
-    from .pipelines import TextSampling
-
     pipe = _pipeline(args)
-    sampling = _sampling(args, TextSampling)
+    sampling = _sampling(args, pipe.settings.text)
     messages: list[dict[str, str]] = []
     if args.system:
         messages.append({"role": "system", "content": args.system})
@@ -183,8 +179,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
         if not line:
             break
         messages.append({"role": "user", "content": line})
-        steps = pipe.iter_chat(messages, thinking=args.thinking, generator=args.generator, **sampling)
-        last = _run_text(steps, sampling.get("steps", pipe.settings.text.steps), args.quiet)
+        steps = pipe.iter_chat(messages, thinking=args.thinking, generator=args.generator, sampling=sampling)
+        last = _run_text(steps, sampling.steps, args.quiet)
         result = pipe.decode_answer(last.step.tokens[0, last.prompt_length :])
         print(f"mmada> {result.text}", flush=True)
         messages.append({"role": "assistant", "content": result.text})
@@ -193,13 +189,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 def cmd_understand(args: argparse.Namespace) -> int:
     """Answer a question about an image."""
-    from .pipelines import TextSampling
-
     pipe = _pipeline(args)
-    sampling = _sampling(args, TextSampling)
+    sampling = _sampling(args, pipe.settings.text)
     steps = pipe.iter_understand(args.image, args.question, thinking=args.thinking, generator=args.generator,
-                                 **sampling)
-    _print_result(pipe, _run_text(steps, sampling.get("steps", pipe.settings.text.steps), args.quiet), True)
+                                 sampling=sampling)
+    _print_result(pipe, _run_text(steps, sampling.steps, args.quiet), True)
     return 0
 
 
@@ -225,12 +219,10 @@ def _collect(steps: Any, total: int, quiet: bool) -> list[Any]:
 
 def cmd_t2i(args: argparse.Namespace) -> int:
     """Generate an image from a prompt."""
-    from .pipelines import ImageSampling
-
     pipe = _pipeline(args)
-    sampling = _sampling(args, ImageSampling)
-    steps = _collect(pipe.iter_text_to_image(args.prompt, generator=args.generator, **sampling),
-                     sampling.get("timesteps", pipe.settings.image.timesteps), args.quiet)
+    sampling = _sampling(args, pipe.settings.image)
+    steps = _collect(pipe.iter_text_to_image(args.prompt, generator=args.generator, sampling=sampling),
+                     sampling.timesteps, args.quiet)
     _save_images(pipe, steps, args.output, args.gif)
     return 0
 
@@ -239,15 +231,13 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     """Repaint a region of an image (a box or a mask image) under a prompt."""
     from PIL import Image
 
-    from .pipelines import ImageSampling
-
     pipe = _pipeline(args)
-    sampling = _sampling(args, ImageSampling)
+    sampling = _sampling(args, pipe.settings.image)
     if (args.box is None) == (args.mask is None):
         raise ValueError("give exactly one of --box LEFT TOP RIGHT BOTTOM or --mask MASK_IMAGE")
     region = tuple(args.box) if args.box is not None else Image.open(args.mask)
-    steps = _collect(pipe.iter_inpaint(args.image, region, args.prompt, generator=args.generator, **sampling),
-                     sampling.get("timesteps", pipe.settings.image.timesteps), args.quiet)
+    steps = _collect(pipe.iter_inpaint(args.image, region, args.prompt, generator=args.generator, sampling=sampling),
+                     sampling.timesteps, args.quiet)
     _save_images(pipe, steps, args.output, args.gif)
     return 0
 
@@ -255,9 +245,10 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     """Score a model on the tiny world's fixed evaluation suite."""
     from .evaluation.world import WorldEvalConfig, evaluate_world, results_to_markdown, save_results
+    from .sampling import Overrides, TextSampling
 
     pipe = _pipeline(args)
-    text = {"temperature": 0.0}
+    text = Overrides(TextSampling, temperature=0.0)
     config = WorldEvalConfig(
         tasks=tuple(args.tasks.split(",")) if args.tasks else WorldEvalConfig.tasks,
         per_group=args.per_group, limit=args.limit, batch_size=args.batch_size, thinking=args.thinking,
@@ -315,7 +306,7 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _add_generation_commands(sub: Any) -> None:
-    from .pipelines import ImageSampling, TextSampling
+    from .sampling import ImageSampling, TextSampling
 
     p = sub.add_parser("generate", help="answer a prompt")
     p.add_argument("prompt")

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from .pipelines import MMaDAPipeline
-from .sampling import last_step
+from .sampling import Overrides, TextSampling, last_step
 from .world import iter_digits, iter_text, iter_vqa, render_scene, sample_prompt, scene_for_prompt
 from .world.judges import score_arithmetic, score_digit, score_format, score_t2i, vqa_exact_match
 
@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 T2I_PROMPTS = ("a red circle", "two blue squares", "a green triangle to the left of a yellow circle")
 DIGIT = 3
 DIGIT_PROMPT = f"a handwritten digit {DIGIT}"
+SHORT_ANSWER = Overrides(TextSampling, gen_length=32, steps=16, block_length=32)
+"""Questions about images: one block of 32 tokens, over the model's other text defaults."""
 
 
 @dataclass
@@ -80,7 +82,7 @@ def _chat(pipe: MMaDAPipeline, report: DemoReport) -> None:
 def _ask_about(pipe: MMaDAPipeline, report: DemoReport, example: Any, file: str, title: str, key: str) -> None:
     """Save `example.image`, ask `example.question` about it and judge the answer against `example.answer`."""
     Image.fromarray(example.image).resize((128, 128), Image.Resampling.NEAREST).save(report.out_dir / file)
-    answer = pipe.understand(example.image, example.question, gen_length=32, steps=16, block_length=32).answer
+    answer = pipe.understand(example.image, example.question, sampling=SHORT_ANSWER.apply(pipe.settings.text)).answer
     report.show(f"{title} ({file})", f"Q: {example.question}\nA: {answer}\n(expected {example.answer})",
                 vqa_exact_match(answer, example.answer), key)
 

@@ -18,12 +18,11 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
@@ -36,12 +35,13 @@ from .image_tokenizer import (
     image_to_tensor,
     load_image,
     load_image_tokenizer,
+    region_to_grid,
     tensor_to_image,
 )
 from .model import MMaDAModel
 from .prompting import (
-    OFFICIAL_RESERVED_IDS,
     TextTokenizer,
+    TokenLayout,
     Vocab,
     build_mmu_gen_batch,
     build_t2i_gen_batch,
@@ -49,12 +49,23 @@ from .prompting import (
     build_text_gen_batch,
     encode_chat,
     split_thinking,
+    vocab_for,
 )
-from .sampling.common import SampleStep
-from .sampling.image import iter_sample_t2i
-from .sampling.inpaint import extend_grid, iter_infill_text
-from .sampling.text import iter_sample_text, last_step
-from .utils.files import CheckpointError, resolve_folder
+from .sampling import (
+    ImageSampling,
+    InfillSampling,
+    SampleStep,
+    TextSampling,
+    iter_extrapolate_image,
+    iter_infill_text,
+    iter_inpaint_image,
+    iter_sample_t2i,
+    iter_sample_text,
+    last_step,
+    place_image,
+)
+from .sampling.config import SettingsT, check_names
+from .utils.files import resolve_folder
 
 logger = logging.getLogger(__name__)
 
@@ -62,44 +73,9 @@ PIPELINE_FILE = "mmada_pipeline.json"
 IMAGE_TOKENIZER_DIRS = ("image_tokenizer", "vq_model", "magvitv2")
 OFFICIAL_IMAGE_TOKENIZER = "showlab/magvitv2"  # R configs/*.yaml `vq_model.vq_model_name`
 BLANK = "[BLANK]"
-
-
-@dataclass(frozen=True)
-class TextSampling:
-    """Text / understanding sampler settings (`sampling.text.iter_sample_text`)."""
-
-    gen_length: int = 512
-    """Tokens to generate (a multiple of block_length)."""
-    steps: int = 256
-    """Denoising steps over the whole generation (a multiple of the number of blocks)."""
-    block_length: int = 128
-    """Semi-autoregressive block size."""
-    temperature: float = 1.0
-    """0 = greedy; > 0 = float64 Gumbel-max sampling."""
-    remasking: str = "low_confidence"
-    """"low_confidence" or "random"."""
-    cfg_scale: float = 0.0
-    """Unsupervised classifier-free guidance weight (prompt fully masked for the unconditional pass)."""
-    threshold: float | None = None
-    """Fast mode: commit every token whose confidence reaches this (Fast-dLLM); None = exact schedule."""
-    early_stop: bool = True
-    """Stop after a block that ends in EOS/EOT in every row (official `mmu_generate_fast`)."""
-
-
-@dataclass(frozen=True)
-class ImageSampling:
-    """Text-to-image sampler settings (`sampling.image.iter_sample_t2i`)."""
-
-    timesteps: int = 15
-    """MaskGIT steps (the paper evaluates with 50)."""
-    guidance_scale: float = 3.5
-    """MUSE-form guidance weight w: (1 + w) cond - w uncond."""
-    temperature: float = 1.0
-    """Initial temperature of the confidence noise."""
-    schedule: str = "cosine"
-    """Mask-ratio schedule: cosine, linear, sigmoid, pow."""
-    temperature_schedule: str = "compounding"
-    """"compounding" (official: tau is multiplied by (1 - r) every step) or "linear"."""
+INFILL_SETTINGS = frozenset({"temperature", "remasking"})
+"""The text settings `infill` takes (its steps come from the blanks, it runs as one block)."""
+__all__ = ["ImageSampling", "MMaDAPipeline", "PipelineSettings", "TextResult", "TextSampling", "TextStep"]
 
 
 @dataclass(frozen=True)
@@ -149,12 +125,10 @@ class TextStep:
     """Columns of `step.tokens` that hold the (left-padded) prompt."""
 
 
-def _overrides(defaults: Any, kwargs: dict[str, Any]) -> Any:
-    names = {f.name for f in fields(defaults)}
-    unknown = sorted(set(kwargs) - names)
-    if unknown:
-        raise ValueError(f"unknown sampler setting {unknown[0]!r}; valid settings: {sorted(names)}")
-    return replace(defaults, **kwargs)
+def _settings(base: SettingsT, overrides: Mapping[str, Any]) -> SettingsT:
+    """`base` with keyword overrides (`gen_length=...`), unknown names refused."""
+    check_names(type(base), overrides)
+    return replace(base, **overrides)
 
 
 class MMaDAPipeline:
@@ -218,58 +192,69 @@ class MMaDAPipeline:
         return self.image_tokenizer
 
     # ---- text -----------------------------------------------------------------------------------
+    def text_settings(self, sampling: TextSampling | None = None, **overrides: Any) -> TextSampling:
+        """The text settings of a call: `sampling` (default: the pipeline's) with keyword overrides."""
+        return _settings(sampling or self.settings.text, overrides)
+
+    def image_settings(self, sampling: ImageSampling | None = None, **overrides: Any) -> ImageSampling:
+        """The image settings of a call: `sampling` (default: the pipeline's) with keyword overrides."""
+        return _settings(sampling or self.settings.image, overrides)
+
     def iter_chat(
         self, messages: Sequence[dict[str, str]], *, thinking: bool = False, generator: torch.Generator | None = None,
-        **sampling: Any,
+        sampling: TextSampling | None = None, **overrides: Any,
     ) -> Iterator[TextStep]:
         """Stream a reply to a conversation (the last message is the user's)."""
+        settings = self.text_settings(sampling, **overrides)
         prompt = encode_chat(self.tokenizer, messages, thinking=thinking)
-        layout = build_text_gen_batch([prompt], vocab=self.vocab)
-        yield from self._iter_text(layout.input_ids, layout.attention_mask, generator, sampling)
+        yield from self._iter_text(build_text_gen_batch([prompt], vocab=self.vocab), settings, generator)
 
     def chat(self, messages: Sequence[dict[str, str]], *, thinking: bool = False,
-             generator: torch.Generator | None = None, **sampling: Any) -> TextResult:
+             generator: torch.Generator | None = None, sampling: TextSampling | None = None,
+             **overrides: Any) -> TextResult:
         """Reply to a multi-turn conversation; `thinking=True` adds the demo's `<think>` instruction."""
-        return self._finish(self.iter_chat(messages, thinking=thinking, generator=generator, **sampling))
+        steps = self.iter_chat(messages, thinking=thinking, generator=generator, sampling=sampling, **overrides)
+        return self._finish(steps)
 
     def iter_generate(self, prompt: str, **kwargs: Any) -> Iterator[TextStep]:
         return self.iter_chat([{"role": "user", "content": prompt}], **kwargs)
 
     def generate(self, prompt: str, *, thinking: bool = False, generator: torch.Generator | None = None,
-                 **sampling: Any) -> TextResult:
+                 sampling: TextSampling | None = None, **overrides: Any) -> TextResult:
         """Answer one user prompt (rendered with the chat template)."""
-        return self.chat([{"role": "user", "content": prompt}], thinking=thinking, generator=generator, **sampling)
+        return self.chat([{"role": "user", "content": prompt}], thinking=thinking, generator=generator,
+                         sampling=sampling, **overrides)
 
     def iter_understand(
         self, image: Any, question: str, *, thinking: bool = False, generator: torch.Generator | None = None,
-        **sampling: Any,
+        sampling: TextSampling | None = None, **overrides: Any,
     ) -> Iterator[TextStep]:
         """Stream an answer about an image: the text sampler after the mmu prefix."""
+        settings = self.text_settings(sampling, **overrides)
         codes = self.encode_image(image)  # (1, N)
         prompt = encode_chat(self.tokenizer, [{"role": "user", "content": question}], thinking=thinking)
         layout = build_mmu_gen_batch(self.vocab.image_ids(codes), [prompt], vocab=self.vocab)
-        yield from self._iter_text(layout.input_ids, layout.attention_mask, generator, sampling)
+        yield from self._iter_text(layout, settings, generator)
 
     def understand(self, image: Any, question: str, *, thinking: bool = False,
-                   generator: torch.Generator | None = None, **sampling: Any) -> TextResult:
+                   generator: torch.Generator | None = None, sampling: TextSampling | None = None,
+                   **overrides: Any) -> TextResult:
         """Answer `question` about `image` (a path, bytes, PIL image or array)."""
-        return self._finish(self.iter_understand(image, question, thinking=thinking, generator=generator, **sampling))
+        steps = self.iter_understand(image, question, thinking=thinking, generator=generator, sampling=sampling,
+                                     **overrides)
+        return self._finish(steps)
 
-    def _iter_text(self, ids: Tensor, mask: Tensor, generator: torch.Generator | None,
-                   sampling: dict[str, Any]) -> Iterator[TextStep]:
-        cfg = _overrides(self.settings.text, sampling)
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        steps = iter_sample_text(
-            self.model, ids, gen_length=cfg.gen_length, block_length=cfg.block_length, steps=cfg.steps,
-            temperature=cfg.temperature, remasking=cfg.remasking, cfg_scale=cfg.cfg_scale,
-            mask_id=self.vocab.mask_id, attention_mask=None if bool(mask.all()) else mask,
-            threshold=cfg.threshold, stop_token_ids=self._stop_ids() if cfg.early_stop else None,
-            generator=generator,
-        )
-        prompt_len = ids.shape[1]
+    def _iter_text(self, layout: TokenLayout, settings: TextSampling,
+                   generator: torch.Generator | None) -> Iterator[TextStep]:
+        layout = layout.to(self.device)
+        mask = layout.attention_mask
+        steps = iter_sample_text(self.model, layout.input_ids, settings, mask_id=self.vocab.mask_id,
+                                 attention_mask=None if bool(mask.all()) else mask, stop_token_ids=self._stop_ids(),
+                                 generator=generator)
+        answer = layout.spans.answer.as_slice().start  # generation prompts end where their answer starts
         with torch.inference_mode():
             for step in steps:
-                yield TextStep(step, [self.preview(row[prompt_len:]) for row in step.tokens], prompt_len)
+                yield TextStep(step, [self.preview(row[answer:]) for row in step.tokens], answer)
 
     def _stop_ids(self) -> list[int]:
         return sorted({self.vocab.eos_id, self.vocab.eot_id})
@@ -283,21 +268,24 @@ class MMaDAPipeline:
 
     # ---- batches (evaluation, serving) ----------------------------------------------------------
     def generate_batch(self, prompts: Sequence[str], *, thinking: bool = False,
-                       generator: torch.Generator | None = None, **sampling: Any) -> list[TextResult]:
+                       generator: torch.Generator | None = None, sampling: TextSampling | None = None,
+                       **overrides: Any) -> list[TextResult]:
         """Answer several prompts in one left-padded batch (each row as if sampled alone)."""
+        settings = self.text_settings(sampling, **overrides)
         ids = [encode_chat(self.tokenizer, [{"role": "user", "content": p}], thinking=thinking) for p in prompts]
-        layout = build_text_gen_batch(ids, vocab=self.vocab)
-        return self._finish_all(self._iter_text(layout.input_ids, layout.attention_mask, generator, sampling))
+        return self._finish_all(self._iter_text(build_text_gen_batch(ids, vocab=self.vocab), settings, generator))
 
     def understand_batch(self, images: Sequence[Any], questions: Sequence[str], *, thinking: bool = False,
-                         generator: torch.Generator | None = None, **sampling: Any) -> list[TextResult]:
+                         generator: torch.Generator | None = None, sampling: TextSampling | None = None,
+                         **overrides: Any) -> list[TextResult]:
         """Answer one question per image in one batch."""
+        settings = self.text_settings(sampling, **overrides)
         if len(images) != len(questions):
             raise ValueError(f"got {len(images)} images but {len(questions)} questions")
         codes = torch.cat([self.encode_image(image) for image in images])  # (B, N)
         prompts = [encode_chat(self.tokenizer, [{"role": "user", "content": q}], thinking=thinking) for q in questions]
         layout = build_mmu_gen_batch(self.vocab.image_ids(codes), prompts, vocab=self.vocab)
-        return self._finish_all(self._iter_text(layout.input_ids, layout.attention_mask, generator, sampling))
+        return self._finish_all(self._iter_text(layout, settings, generator))
 
     def decode_answer(self, generated: Tensor) -> TextResult:
         """Cut generated ids at the first EOS / `<|eot_id|>` and split off the reasoning."""
@@ -331,8 +319,11 @@ class MMaDAPipeline:
         """Stream the filling of every `[BLANK]` in `text` (each becomes `blank_length` masks).
 
         With `question`, `text` is the assistant's answer to it (VQA-style answer completion);
-        otherwise `text` stands alone after BOS.
+        otherwise `text` stands alone after BOS. `steps` defaults to half the masked tokens. Of the
+        text settings, only `temperature` and `remasking` apply (defaults: the pipeline's); any other
+        is refused.
         """
+        check_names(TextSampling, sampling, INFILL_SETTINGS, where="infill")
         if BLANK not in text:
             raise ValueError(f"`text` has no {BLANK} to fill")
         if blank_length < 1:
@@ -344,12 +335,12 @@ class MMaDAPipeline:
             if i:
                 ids += [self.vocab.mask_id] * blank_length
             ids += self.tokenizer.encode(part) if part else []
-        cfg = _overrides(self.settings.text, sampling)
-        n_blanks = text.count(BLANK)
-        total = steps or max(n_blanks * blank_length // 2, 1)
+        total = steps or max(text.count(BLANK) * blank_length // 2, 1)
+        defaults = self.settings.text
+        settings = replace(InfillSampling(steps=total, temperature=defaults.temperature,
+                                          remasking=defaults.remasking), **sampling)
         tensor = torch.tensor([ids], device=self.device)
-        for step in iter_infill_text(self.model, tensor, steps=total, temperature=cfg.temperature,
-                                     remasking=cfg.remasking, mask_id=self.vocab.mask_id, generator=generator):
+        for step in iter_infill_text(self.model, tensor, settings, mask_id=self.vocab.mask_id, generator=generator):
             yield TextStep(step, [self.preview(step.tokens[0, len(head) :])], len(head))
 
     def infill(self, text: str, **kwargs: Any) -> str:
@@ -380,98 +371,71 @@ class MMaDAPipeline:
         images = tensor_to_image(pixels.float().cpu())
         return images if isinstance(images, list) else [images]
 
-    def _t2i_inputs(self, prompts: Sequence[str], guidance_scale: float) -> dict[str, Any]:
-        n = self.num_image_tokens
-        texts = [self.tokenizer.encode(p) for p in prompts]
-        layout = build_t2i_gen_batch(texts, vocab=self.vocab, max_text_len=self.settings.max_text_len,
-                                     num_image_tokens=n)
-        kw: dict[str, Any] = dict(input_ids=layout.input_ids.to(self.device),
-                                  attention_mask=layout.attention_mask.to(self.device))
-        if guidance_scale > 0:
-            null = build_t2i_uncond(vocab=self.vocab, max_text_len=self.settings.max_text_len, num_image_tokens=n,
-                                    batch_size=len(prompts))
-            kw.update(uncond_input_ids=null.input_ids.to(self.device),
-                      uncond_attention_mask=null.attention_mask.to(self.device))
-        return kw
-
     @property
     def num_image_tokens(self) -> int:
         return self._vq().num_tokens(self.resolution)
 
-    def _t2i_kwargs(self, sampling: dict[str, Any]) -> dict[str, Any]:
-        cfg = _overrides(self.settings.image, sampling)
-        return dict(timesteps=cfg.timesteps, guidance_scale=cfg.guidance_scale, temperature=cfg.temperature,
-                    schedule=cfg.schedule, temperature_schedule=cfg.temperature_schedule,
-                    codebook_size=self.vocab.codebook_size, image_offset=self.vocab.image_offset,
-                    mask_id=self.vocab.mask_id)
+    def _t2i_layouts(self, prompts: Sequence[str], settings: ImageSampling) -> tuple[TokenLayout, TokenLayout | None]:
+        """The t2i generation layout of `prompts` and, under guidance, the null prompt's."""
+        n, text_len = self.num_image_tokens, self.settings.max_text_len
+        texts = [self.tokenizer.encode(p) for p in prompts]
+        layout = build_t2i_gen_batch(texts, vocab=self.vocab, max_text_len=text_len, num_image_tokens=n)
+        if settings.guidance_scale <= 0:
+            return layout.to(self.device), None
+        null = build_t2i_uncond(vocab=self.vocab, max_text_len=text_len, num_image_tokens=n, batch_size=len(prompts))
+        return layout.to(self.device), null.to(self.device)
+
+    def _image_layouts(
+        self, image: Any, prompt: str, settings: ImageSampling
+    ) -> tuple[TokenLayout, TokenLayout | None, int]:
+        """The t2i layout of `prompt` holding the codes of `image`, the null prompt's, and the grid side."""
+        codes = self.encode_image(image)  # (1, N)
+        layout, uncond = self._t2i_layouts([prompt], settings)
+        return place_image(layout, self.vocab.image_ids(codes)), uncond, math.isqrt(codes.shape[1])
 
     def iter_text_to_image(self, prompt: str | Sequence[str], *, generator: torch.Generator | None = None,
-                           **sampling: Any) -> Iterator[SampleStep]:
+                           sampling: ImageSampling | None = None, **overrides: Any) -> Iterator[SampleStep]:
         """Stream MaskGIT steps; `step.tokens` (B, N) is each step's full prediction (decode for previews)."""
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        kw = self._t2i_kwargs(sampling)
-        inputs = self._t2i_inputs(prompts, kw["guidance_scale"])
+        settings = self.image_settings(sampling, **overrides)
+        layout, uncond = self._t2i_layouts([prompt] if isinstance(prompt, str) else list(prompt), settings)
         with torch.inference_mode():
-            yield from iter_sample_t2i(self.model, **inputs, **kw, num_image_tokens=self.num_image_tokens,
-                                       generator=generator)
+            yield from iter_sample_t2i(self.model, layout, settings, self.vocab, uncond=uncond, generator=generator)
 
     def text_to_image(self, prompt: str | Sequence[str], *, generator: torch.Generator | None = None,
-                      **sampling: Any) -> list[Image.Image]:
+                      sampling: ImageSampling | None = None, **overrides: Any) -> list[Image.Image]:
         """Generate one image per prompt."""
-        return self.decode_images(last_step(self.iter_text_to_image(prompt, generator=generator, **sampling)).tokens)
+        steps = self.iter_text_to_image(prompt, generator=generator, sampling=sampling, **overrides)
+        return self.decode_images(last_step(steps).tokens)
 
     def iter_inpaint(self, image: Any, region: Any, prompt: str, *, generator: torch.Generator | None = None,
-                     **sampling: Any) -> Iterator[SampleStep]:
-        """Stream the repainting of `region` of `image` under `prompt`.
+                     sampling: ImageSampling | None = None, **overrides: Any) -> Iterator[SampleStep]:
+        """Stream the repainting of `region` of `image` under `prompt` (`sampling.iter_inpaint_image`).
 
         `region`: a (h, w) bool array/tensor over the code grid, or a PIL/array mask at any size
-        (non-zero = repaint), or a pixel box (left, top, right, bottom).
+        (non-zero = repaint), or a pixel box (left, top, right, bottom); see `region_to_grid`.
         """
-        codes = self.encode_image(image)  # (1, N)
-        side = math.isqrt(codes.shape[1])
-        grid = region_to_grid(region, side, self.resolution).to(self.device)
-        kw = self._t2i_kwargs(sampling)
-        inputs = self._t2i_inputs([prompt], kw["guidance_scale"])
-        n = codes.shape[1]
-        image_pos = slice(inputs["input_ids"].shape[1] - n - 1, inputs["input_ids"].shape[1] - 1)
-        ids = inputs["input_ids"].clone()
-        ids[:, image_pos] = torch.where(grid.flatten()[None], self.vocab.mask_id, self.vocab.image_ids(codes))
-        inputs["input_ids"] = ids
+        settings = self.image_settings(sampling, **overrides)
+        layout, uncond, side = self._image_layouts(image, prompt, settings)
+        grid = region_to_grid(region, side, self.resolution).to(self.device)  # (side, side)
         with torch.inference_mode():
-            yield from iter_sample_t2i(self.model, **inputs, **kw, num_image_tokens=n, generator=generator)
+            yield from iter_inpaint_image(self.model, layout, grid.flatten()[None], settings, self.vocab,
+                                          uncond=uncond, generator=generator)
 
     def inpaint(self, image: Any, region: Any, prompt: str, **kwargs: Any) -> Image.Image:
         """Repaint `region` of `image` under `prompt`; codes outside the region are kept exactly."""
         return self.decode_images(last_step(self.iter_inpaint(image, region, prompt, **kwargs)).tokens)[0]
 
     def extrapolate(self, image: Any, prompt: str, *, pad: tuple[int, int, int, int] = (0, 0, 0, 4),
-                    generator: torch.Generator | None = None, **sampling: Any) -> Image.Image:
-        """Extend `image` by `pad` = (top, bottom, left, right) rows/columns of codes under `prompt`."""
-        codes = self.encode_image(image)
-        side = math.isqrt(codes.shape[1])
-        kw = self._t2i_kwargs(sampling)
-        inputs = self._t2i_inputs([prompt], kw["guidance_scale"])
-        ids = inputs["input_ids"].clone()
-        ids[:, -codes.shape[1] - 1 : -1] = self.vocab.image_ids(codes)
-        ids, mask, _ = extend_grid(ids, inputs["attention_mask"], grid=(side, side), pad=pad,
-                                   mask_id=self.vocab.mask_id)
-        height, width = side + pad[0] + pad[1], side + pad[2] + pad[3]
-        inputs.update(input_ids=ids, attention_mask=mask)
+                    generator: torch.Generator | None = None, sampling: ImageSampling | None = None,
+                    **overrides: Any) -> Image.Image:
+        """Extend `image` by `pad` = (top, bottom, left, right) rows/columns of codes under `prompt`
+        (`sampling.iter_extrapolate_image`)."""
+        settings = self.image_settings(sampling, **overrides)
+        layout, uncond, side = self._image_layouts(image, prompt, settings)
         with torch.inference_mode():
-            last = last_step(iter_sample_t2i(self.model, **inputs, **kw, num_image_tokens=height * width,
-                                             generator=generator))
-        return self.decode_images(last.tokens, shape=(height, width))[0]
-
-
-def vocab_for(tokenizer: TextTokenizer, model: MMaDAModel) -> Vocab:
-    """The vocabulary of a checkpoint: the official reserved table when the tokenizer is the real
-    LLaDA one (large enough to hold it), else the reserved slots looked up by name."""
-    config = model.config
-    if config.codebook_size is None:
-        raise CheckpointError("config.json has no `codebook_size`; cannot place image tokens")
-    reserved = OFFICIAL_RESERVED_IDS if len(tokenizer) > max(OFFICIAL_RESERVED_IDS.values()) else None
-    return Vocab.from_tokenizer(tokenizer, vocab_size=config.vocab_size, codebook_size=config.codebook_size,
-                                mask_token_id=config.mask_token_id, reserved=reserved)
+            last = last_step(iter_extrapolate_image(self.model, layout, settings, self.vocab, grid=(side, side),
+                                                    pad=pad, uncond=uncond, generator=generator))
+        return self.decode_images(last.tokens, shape=(side + pad[0] + pad[1], side + pad[2] + pad[3]))[0]
 
 
 def _find_image_tokenizer(folder: Path, given: str | os.PathLike[str] | None, vocab: Vocab,
@@ -485,26 +449,3 @@ def _find_image_tokenizer(folder: Path, given: str | os.PathLike[str] | None, vo
         return load_image_tokenizer(OFFICIAL_IMAGE_TOKENIZER, device=device)
     logger.warning("no image tokenizer found for %s: image tasks are unavailable", folder)
     return None
-
-
-def region_to_grid(region: Any, side: int, resolution: int) -> Tensor:
-    """A repaint region as a (side, side) bool grid over the image codes."""
-    if isinstance(region, tuple | list) and len(region) == 4 and all(isinstance(v, int | float) for v in region):
-        left, top, right, bottom = (float(v) for v in region)
-        if not (0 <= left < right <= resolution and 0 <= top < bottom <= resolution):
-            raise ValueError(f"region box {tuple(region)} must lie inside the {resolution}x{resolution} image")
-        cell = resolution / side
-        centres = (torch.arange(side) + 0.5) * cell
-        rows = (centres >= top) & (centres < bottom)
-        cols = (centres >= left) & (centres < right)
-        return rows[:, None] & cols[None, :]
-    if isinstance(region, Image.Image):
-        region = np.asarray(region.convert("L").resize((side, side), Image.Resampling.BOX)) > 127
-    grid = torch.as_tensor(np.asarray(region)).bool() if not isinstance(region, Tensor) else region.bool()
-    if grid.shape != (side, side):
-        if grid.dim() != 2:
-            raise ValueError(f"region must be 2-D (a mask), got shape {tuple(grid.shape)}")
-        grid = torch.nn.functional.interpolate(grid[None, None].float(), size=(side, side), mode="area")[0, 0] > 0.5
-    if not bool(grid.any()):
-        raise ValueError("region is empty: nothing to repaint")
-    return grid

@@ -24,7 +24,8 @@ from typing import Any
 import torch
 
 from .evaluation.world import Results, WorldEvalConfig, compare_to_markdown, evaluate_world
-from .pipelines import ImageSampling, MMaDAPipeline, PipelineSettings, TextSampling
+from .pipelines import MMaDAPipeline, PipelineSettings
+from .sampling import ImageSampling, Overrides, TextSampling
 from .training.config import load_config, resolve_asset
 from .training.trainer import run_training
 from .utils.device import seed_everything
@@ -170,9 +171,9 @@ def scores_table(scores: dict[str, Results]) -> str:
 def stage_eval_config(per_group: int, limit: int | None, thinking: bool, seed: int = 0) -> WorldEvalConfig:
     """How the recipe scores a stage (and the benchmarks score checkpoints): greedy decoding, the model's own
     sampler defaults for reasoning, 32 tokens in one block for short answers."""
-    short = {"temperature": 0.0, "gen_length": 32, "steps": 16, "block_length": 32}
-    return WorldEvalConfig(per_group=per_group, limit=limit, thinking=thinking, text={"temperature": 0.0},
-                           short=short, seed=seed)
+    short = Overrides(TextSampling, temperature=0.0, gen_length=32, steps=16, block_length=32)
+    return WorldEvalConfig(per_group=per_group, limit=limit, thinking=thinking,
+                           text=Overrides(TextSampling, temperature=0.0), short=short, seed=seed)
 
 
 def evaluate_stage(model_dir: Path, recipe: RecipeConfig, thinking: bool) -> Results:

@@ -28,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from ..pipelines import MMaDAPipeline
+from ..sampling import ImageSampling, Overrides, TextSampling
 from ..world import evaluation_suite
 from ..world.data import EvaluationSuite
 from ..world.judges import score_arithmetic, score_digit, score_format, score_t2i, vqa_exact_match
@@ -52,14 +53,14 @@ class WorldEvalConfig:
     """Prompts per sampler call."""
     thinking: bool = False
     """Prefix reasoning prompts (arithmetic, VQA) with MMaDA's thinking instruction."""
-    text: dict[str, Any] = field(default_factory=dict)
+    text: Overrides[TextSampling] = field(default_factory=lambda: Overrides(TextSampling))
     """Sampler overrides for arithmetic, and for VQA when `thinking` (its answers are then whole
-    `<think>` traces); default: the pipeline's text defaults."""
-    short: dict[str, Any] = field(default_factory=dict)
-    """Sampler overrides for short answers: VQA without thinking and digit recognition; default: the
-    pipeline's text defaults."""
-    image: dict[str, Any] = field(default_factory=dict)
-    """Sampler overrides for t2i; default: the pipeline's image defaults."""
+    `<think>` traces), applied over the pipeline's text defaults."""
+    short: Overrides[TextSampling] = field(default_factory=lambda: Overrides(TextSampling))
+    """Sampler overrides for short answers: VQA without thinking and digit recognition, applied over
+    the pipeline's text defaults."""
+    image: Overrides[ImageSampling] = field(default_factory=lambda: Overrides(ImageSampling))
+    """Sampler overrides for t2i, applied over the pipeline's image defaults."""
     seed: int = 0
     """Seed of the image-sampling generators."""
 
@@ -69,6 +70,10 @@ class WorldEvalConfig:
             raise ValueError(f"unknown evaluation task {unknown[0]!r}; choose from {TASKS}")
         if self.per_group < 1 or self.batch_size < 1 or (self.limit is not None and self.limit < 1):
             raise ValueError("`per_group`, `batch_size` and `limit` must be >= 1")
+        for name, kind in (("text", TextSampling), ("short", TextSampling), ("image", ImageSampling)):
+            value = getattr(self, name)
+            if not isinstance(value, Overrides) or value.kind is not kind:
+                raise ValueError(f"`{name}` must be Overrides({kind.__name__}, ...), got {value!r}")
 
 
 Results = dict[str, dict[str, float]]
@@ -105,6 +110,9 @@ class WorldEvaluator:
 
     def __init__(self, pipe: MMaDAPipeline, config: WorldEvalConfig | None = None, progress: bool = False) -> None:
         self.pipe, self.config, self.progress = pipe, config or WorldEvalConfig(), progress
+        self._text = self.config.text.apply(pipe.settings.text)
+        self._short = self.config.short.apply(pipe.settings.text)
+        self._image = self.config.image.apply(pipe.settings.image)
 
     def run(self, suite: EvaluationSuite | None = None) -> Results:
         suite = suite or evaluation_suite(per_group=self.config.per_group)
@@ -120,7 +128,7 @@ class WorldEvaluator:
         formats: list[float] = []
         for batch in self._bar(items, "arithmetic"):
             results = self.pipe.generate_batch([e.question for e in batch], thinking=self.config.thinking,
-                                               **self.config.text)
+                                               sampling=self._text)
             for example, result in zip(batch, results):
                 scores[f"{example.num_steps} steps"].append(score_arithmetic(result.text, int(example.answer)))
                 formats.append(score_format(result.text))
@@ -130,18 +138,18 @@ class WorldEvaluator:
 
     def vqa(self, suite: EvaluationSuite) -> dict[str, float]:
         items = _limited(suite.vqa, lambda e: e.qtype, self.config.limit)
-        settings = self.config.text if self.config.thinking else self.config.short  # a trace needs room
+        settings = self._text if self.config.thinking else self._short  # a trace needs room
         scores: dict[str, list[float]] = defaultdict(list)
         for batch in self._bar(items, "vqa"):
             results = self.pipe.understand_batch([e.image for e in batch], [e.question for e in batch],
-                                                 thinking=self.config.thinking, **settings)
+                                                 thinking=self.config.thinking, sampling=settings)
             for example, result in zip(batch, results):
                 scores[example.qtype].append(vqa_exact_match(result.answer, example.answer))
         return _summary(scores)
 
     def _generate_images(self, captions: Sequence[str], index: int) -> list[np.ndarray]:
         generator = torch.Generator(self.pipe.device).manual_seed(self.config.seed * 100003 + index)
-        images = self.pipe.text_to_image(list(captions), generator=generator, **self.config.image)
+        images = self.pipe.text_to_image(list(captions), generator=generator, sampling=self._image)
         return [np.asarray(image.convert("RGB")) for image in images]
 
     def t2i(self, suite: EvaluationSuite) -> dict[str, float]:
@@ -165,7 +173,7 @@ class WorldEvaluator:
         scores: dict[str, list[float]] = defaultdict(list)
         for batch in self._bar(items, "digit recognition"):
             results = self.pipe.understand_batch([e.image for e in batch], [e.question for e in batch],
-                                                 **self.config.short)
+                                                 sampling=self._short)
             for example, result in zip(batch, results):
                 scores[str(example.label)].append(vqa_exact_match(result.answer, example.answer))
         return _summary(scores)

@@ -23,7 +23,7 @@ from mmada.image_tokenizer.patch_codebook import (
     build_patch_codebook,
     save_patch_codebook,
 )
-from mmada.image_tokenizer.transforms import image_to_tensor, load_image, tensor_to_image
+from mmada.image_tokenizer.transforms import image_to_tensor, load_image, region_to_grid, tensor_to_image
 
 ImageTokenizer = MagvitV2 | PatchCodebook
 """Either tokenizer: the role name used by the rest of the package."""
@@ -49,6 +49,7 @@ __all__ = [
     "lfq_entropy_terms",
     "load_image",
     "load_image_tokenizer",
+    "region_to_grid",
     "save_image_tokenizer",
     "save_patch_codebook",
     "tensor_to_image",

@@ -178,3 +178,31 @@ def tensor_to_image(pixels: torch.Tensor) -> Image.Image | list[Image.Image]:
     arrays = scaled.round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)
     images = [Image.fromarray(a) for a in arrays]
     return images[0] if pixels.dim() == 3 else images
+
+
+def region_to_grid(region: object, side: int, resolution: int) -> torch.Tensor:
+    """A repaint region as a (side, side) bool grid over the image codes (True = repaint).
+
+    `region`: a pixel box (left, top, right, bottom) of the `resolution` x `resolution` image (a
+    code is inside when its cell centre is), a PIL mask at any size (> 127 = inside), or a 2-D bool
+    array / tensor (resized by area when it is not side x side).
+    """
+    if isinstance(region, tuple | list) and len(region) == 4 and all(isinstance(v, int | float) for v in region):
+        left, top, right, bottom = (float(v) for v in region)
+        if not (0 <= left < right <= resolution and 0 <= top < bottom <= resolution):
+            raise ValueError(f"region box {tuple(region)} must lie inside the {resolution}x{resolution} image")
+        cell = resolution / side
+        centres = (torch.arange(side) + 0.5) * cell
+        rows = (centres >= top) & (centres < bottom)
+        cols = (centres >= left) & (centres < right)
+        return rows[:, None] & cols[None, :]
+    if isinstance(region, Image.Image):
+        region = np.asarray(region.convert("L").resize((side, side), Image.Resampling.BOX)) > 127
+    grid = region.bool() if isinstance(region, torch.Tensor) else torch.as_tensor(np.asarray(region)).bool()
+    if grid.shape != (side, side):
+        if grid.dim() != 2:
+            raise ValueError(f"region must be 2-D (a mask), got shape {tuple(grid.shape)}")
+        grid = torch.nn.functional.interpolate(grid[None, None].float(), size=(side, side), mode="area")[0, 0] > 0.5
+    if not bool(grid.any()):
+        raise ValueError("region is empty: nothing to repaint")
+    return grid

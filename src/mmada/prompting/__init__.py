@@ -43,7 +43,7 @@ from .layout import (
     official_mmu_gen_prompt_mask,
 )
 from .tokenizer import TextTokenizer
-from .vocab import OFFICIAL_RESERVED_IDS, RESERVED_TOKEN_NAMES, Vocab
+from .vocab import OFFICIAL_RESERVED_IDS, RESERVED_TOKEN_NAMES, Vocab, vocab_for
 
 __all__ = [
     "IGNORE_INDEX",
@@ -85,5 +85,6 @@ __all__ = [
     "split_thinking",
     "strip_thinking",
     "validate_messages",
+    "vocab_for",
     "with_thinking",
 ]

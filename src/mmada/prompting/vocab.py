@@ -26,10 +26,15 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from types import MappingProxyType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor
+
+from ..utils.files import CheckpointError
+
+if TYPE_CHECKING:
+    from ..model.config import ModelConfig
 
 # Gen-Verse/MMaDA training/prompting_utils.py `reserved_token_mapping` (ids of the LLaDA tokenizer).
 OFFICIAL_RESERVED_IDS: Mapping[str, int] = MappingProxyType(
@@ -253,6 +258,34 @@ class Vocab:
             codebook_size=codebook_size,
             vocab_size=vocab_size,
         )
+
+
+class HasModelConfig(Protocol):
+    """A model (`MMaDAModel`): only its `config` is read."""
+
+    @property
+    def config(self) -> ModelConfig: ...
+
+
+def vocab_for(tokenizer: SpecialTokenSource, model: HasModelConfig) -> Vocab:
+    """The vocabulary of a checkpoint: the official reserved table when the tokenizer is the real
+    LLaDA one (large enough to hold it), else the reserved slots looked up by name.
+
+    The [MASK] id is the model config's `mask_token_id`; a tokenizer whose own mask token differs is
+    refused (the model would be asked to denoise a token it never saw masked).
+    """
+    config = model.config
+    if config.codebook_size is None:
+        raise CheckpointError("config.json has no `codebook_size`; cannot place image tokens")
+    own_mask = tokenizer.mask_token_id
+    if own_mask is None:
+        own_mask = tokenizer.token_to_id(MASK_TOKEN)
+    if own_mask is not None and own_mask != config.mask_token_id:
+        raise CheckpointError(f"config.json `mask_token_id` ({config.mask_token_id}) differs from the text "
+                              f"tokenizer's mask token {MASK_TOKEN} ({own_mask}); they must be the same id")
+    reserved = OFFICIAL_RESERVED_IDS if len(tokenizer) > max(OFFICIAL_RESERVED_IDS.values()) else None
+    return Vocab.from_tokenizer(tokenizer, vocab_size=config.vocab_size, codebook_size=config.codebook_size,
+                                mask_token_id=config.mask_token_id, reserved=reserved)
 
 
 def _is_int(value: object) -> bool:

@@ -5,12 +5,14 @@
 - `inpaint`: text infilling, image inpainting and extrapolation, composed from the two loops.
 - `denoisers`: the `Denoiser` protocol and `ClassifierFreeGuidance`.
 - `common`: Gumbel noise, confidences, commit selection, `SampleStep`.
+- `config`: the settings each sampler takes (`TextSampling`, `ImageSampling`, `InfillSampling`).
 
 Every sampler has an iterator form (`iter_*`, yielding one `SampleStep` per model call) and a
 plain form returning the final tokens. Samplers never import the model class.
 """
 
 from mmada.sampling.common import SampleStep
+from mmada.sampling.config import ImageSampling, InfillSampling, Overrides, TextSampling
 from mmada.sampling.denoisers import ClassifierFreeGuidance, Denoiser, guide
 from mmada.sampling.image import iter_sample_t2i, sample_t2i
 from mmada.sampling.inpaint import (
@@ -21,13 +23,18 @@ from mmada.sampling.inpaint import (
     iter_extrapolate_image,
     iter_infill_text,
     iter_inpaint_image,
+    place_image,
 )
 from mmada.sampling.text import iter_denoise_blocks, iter_sample_text, last_step, sample_text
 
 __all__ = [
     "ClassifierFreeGuidance",
     "Denoiser",
+    "ImageSampling",
+    "InfillSampling",
+    "Overrides",
     "SampleStep",
+    "TextSampling",
     "extend_grid",
     "extrapolate_image",
     "guide",
@@ -40,6 +47,7 @@ __all__ = [
     "iter_sample_t2i",
     "iter_sample_text",
     "last_step",
+    "place_image",
     "sample_t2i",
     "sample_text",
 ]

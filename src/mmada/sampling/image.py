@@ -27,73 +27,60 @@ float32 `uniform_` of shape (B, N) per step, both from `generator`. Differences,
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Literal
 
 import torch
 from torch import Tensor
 
 from mmada.diffusion.schedules import Schedule, get_schedule
+from mmada.prompting import TokenLayout, Vocab
 from mmada.sampling.common import SampleStep, key_padding_mask
+from mmada.sampling.config import ImageSampling, TemperatureSchedule
 from mmada.sampling.denoisers import ClassifierFreeGuidance, Denoiser, replace_prefix
 from mmada.sampling.text import last_step
 
-TemperatureSchedule = Literal["compounding", "linear"]
 LOG_EPS = 1e-20  # clamp inside the logs of models/sampling.py `log`
 
 
 def iter_sample_t2i(
     model: Denoiser,
-    input_ids: Tensor,
-    attention_mask: Tensor | None,
+    layout: TokenLayout,
+    settings: ImageSampling,
+    vocab: Vocab,
     *,
-    uncond_input_ids: Tensor | None = None,
-    uncond_attention_mask: Tensor | None = None,
-    timesteps: int,
-    guidance_scale: float,
-    temperature: float = 1.0,
-    schedule: str | Schedule = "cosine",
-    temperature_schedule: TemperatureSchedule = "compounding",
-    num_image_tokens: int,
-    codebook_size: int,
-    image_offset: int,
-    mask_id: int,
+    uncond: TokenLayout | None = None,
     generator: torch.Generator | None = None,
 ) -> Iterator[SampleStep]:
     """Decode the masked image positions of a t2i layout, yielding the state after every step.
 
     Args:
         model: the `Denoiser`.
-        input_ids: (B, L) int64 t2i layout `[pad..] <|t2i|> text <|soi|> img_1..img_N <|eoi|>`;
-            image positions hold `mask_id` (to generate) or a token `image_offset + code` (kept).
-        attention_mask: (B, L) padding mask (0 on the left padding) or None.
-        uncond_input_ids: (B, L_u) the same layout with the null prompt; its first L - N - 2
-            positions (everything before `<|soi|>`) are the unconditional text part.
-        uncond_attention_mask: (B, L_u) its padding mask, or None.
-        timesteps: T, the number of steps (model calls).
-        guidance_scale: MUSE guidance weight w >= 0: (1 + w) * cond - w * uncond.
-        temperature: initial Gumbel temperature of the confidences.
-        schedule: mask-ratio schedule, a name for `get_schedule` or a function.
-        temperature_schedule: "compounding" (official) or "linear" annealing.
-        num_image_tokens: N; codebook_size: K; image_offset: token id of code 0; mask_id: [MASK].
+        layout: (B, L) t2i layout `[pad..] <|t2i|> text <|soi|> img_1..img_N <|eoi|>`
+            (`prompting.build_t2i_gen_batch`); its image span holds `vocab.mask_id` (to generate)
+            or image tokens (kept), and its attention mask hides the left padding.
+        settings: timesteps T, guidance_scale w >= 0 ((1 + w) * cond - w * uncond), the initial
+            Gumbel temperature of the confidences, the mask-ratio schedule and the temperature
+            annealing ("compounding", official, or "linear").
+        vocab: where the image codes sit in the vocabulary, and the [MASK] id.
+        uncond: with w > 0, the same layout with the null prompt (`prompting.build_t2i_uncond`);
+            only its positions before `<|soi|>` are used.
         generator: source of all randomness (None: torch's global generator).
 
     Returns:
         An iterator of `SampleStep`, one per step: tokens = (B, N) codes of the step's sample,
-        committed = the codes kept (not re-masked) for the next step. The settings are checked
-        when this function is called, before the first step.
+        committed = the codes kept (not re-masked) for the next step. The tensors are checked when
+        this function is called, before the first step.
     """
-    _check_t2i_settings(input_ids, attention_mask, uncond_input_ids, uncond_attention_mask, timesteps,
-                        guidance_scale, temperature, temperature_schedule, num_image_tokens,
-                        codebook_size, image_offset, mask_id)
-    text_len = input_ids.shape[1] - num_image_tokens - 2
-    image = slice(text_len + 1, text_len + 1 + num_image_tokens)  # between <|soi|> and <|eoi|>
-    vocab = slice(image_offset, image_offset + codebook_size)
-    if guidance_scale > 0:
-        model = _null_prompt_guidance(model, guidance_scale, uncond_input_ids, uncond_attention_mask, text_len)
-    gamma = get_schedule(schedule) if isinstance(schedule, str) else schedule
-    taus = annealed_temperatures(temperature, timesteps, temperature_schedule)
-    return _iter_maskgit(model, input_ids, key_padding_mask(attention_mask), image, vocab, gamma, taus,
-                         mask_id=mask_id, generator=generator)
+    image = _image_span(layout, vocab)
+    text_len = image.start - 1  # everything before <|soi|>
+    if settings.guidance_scale > 0:
+        uncond = _check_uncond(uncond, layout.batch_size, text_len, settings.guidance_scale)
+        model = _null_prompt_guidance(model, settings.guidance_scale, uncond.input_ids, uncond.attention_mask,
+                                      text_len)
+    gamma = get_schedule(settings.schedule)
+    taus = annealed_temperatures(settings.temperature, settings.timesteps, settings.temperature_schedule)
+    codes = slice(vocab.image_offset, vocab.image_end)
+    return _iter_maskgit(model, layout.input_ids, key_padding_mask(layout.attention_mask), image, codes, gamma,
+                         taus, mask_id=vocab.mask_id, generator=generator)
 
 
 @torch.no_grad()
@@ -119,31 +106,15 @@ def _iter_maskgit(
 @torch.inference_mode()
 def sample_t2i(
     model: Denoiser,
-    input_ids: Tensor,
-    attention_mask: Tensor | None,
+    layout: TokenLayout,
+    settings: ImageSampling,
+    vocab: Vocab,
     *,
-    uncond_input_ids: Tensor | None = None,
-    uncond_attention_mask: Tensor | None = None,
-    timesteps: int,
-    guidance_scale: float,
-    temperature: float = 1.0,
-    schedule: str | Schedule = "cosine",
-    temperature_schedule: TemperatureSchedule = "compounding",
-    num_image_tokens: int,
-    codebook_size: int,
-    image_offset: int,
-    mask_id: int,
+    uncond: TokenLayout | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """`iter_sample_t2i` run to the end; returns the image codes (B, N) int64 in [0, K)."""
-    steps = iter_sample_t2i(
-        model, input_ids, attention_mask, uncond_input_ids=uncond_input_ids,
-        uncond_attention_mask=uncond_attention_mask, timesteps=timesteps,
-        guidance_scale=guidance_scale, temperature=temperature, schedule=schedule,
-        temperature_schedule=temperature_schedule, num_image_tokens=num_image_tokens,
-        codebook_size=codebook_size, image_offset=image_offset, mask_id=mask_id, generator=generator,
-    )
-    return last_step(steps).tokens
+    return last_step(iter_sample_t2i(model, layout, settings, vocab, uncond=uncond, generator=generator)).tokens
 
 
 def _null_prompt_guidance(
@@ -208,44 +179,22 @@ def annealed_temperatures(temperature: float, timesteps: int, kind: TemperatureS
     return taus
 
 
-def _check_t2i_settings(
-    input_ids: Tensor, attention_mask: Tensor | None, uncond_input_ids: Tensor | None,
-    uncond_attention_mask: Tensor | None, timesteps: int, guidance_scale: float, temperature: float,
-    temperature_schedule: str, num_image_tokens: int, codebook_size: int, image_offset: int,
-    mask_id: int,
-) -> None:
-    """Refuse invalid settings up front, naming the parameter (never corrected silently)."""
-    if input_ids.ndim != 2 or input_ids.dtype != torch.long:
-        raise ValueError(f"`input_ids` must be (B, L) int64, got {tuple(input_ids.shape)} {input_ids.dtype}")
-    batch, length = input_ids.shape
-    for name, value in (("timesteps", timesteps), ("num_image_tokens", num_image_tokens),
-                        ("codebook_size", codebook_size)):
-        if value < 1:
-            raise ValueError(f"`{name}` ({value}) must be >= 1")
-    for name, value in (("guidance_scale", guidance_scale), ("temperature", temperature)):
-        if value < 0:
-            raise ValueError(f"`{name}` ({value}) must be >= 0")
-    if temperature_schedule not in ("compounding", "linear"):
-        raise ValueError(f"`temperature_schedule` ({temperature_schedule!r}) must be 'compounding' or 'linear'")
-    if num_image_tokens + 2 > length:
-        raise ValueError(f"`num_image_tokens` ({num_image_tokens}) + <|soi|> + <|eoi|> exceed the "
-                         f"sequence length ({length})")
-    if attention_mask is not None and attention_mask.shape != input_ids.shape:
-        raise ValueError(f"`attention_mask` must be {tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}")
-    image = input_ids[:, length - num_image_tokens - 1 : length - 1]
-    is_code = (image >= image_offset) & (image < image_offset + codebook_size)
-    if not bool((is_code | (image == mask_id)).all()):
-        raise ValueError(f"image positions of `input_ids` must hold `mask_id` ({mask_id}) or image tokens "
-                         f"[{image_offset}, {image_offset + codebook_size})")
-    if guidance_scale > 0:
-        _check_uncond(uncond_input_ids, uncond_attention_mask, batch, length - num_image_tokens - 2,
-                      guidance_scale)
+def _image_span(layout: TokenLayout, vocab: Vocab) -> slice:
+    """The image positions of a t2i layout, checked: a non-empty span after `<|soi|>` holding only
+    `mask_id` or image tokens (refused by name, never corrected)."""
+    image = layout.spans.image.as_slice()
+    if image.stop <= image.start or image.start < 1:
+        raise ValueError(f"the layout's image span {image} must be non-empty and follow <|soi|>")
+    ids = layout.input_ids[:, image]
+    if not bool((vocab.is_image_token(ids) | (ids == vocab.mask_id)).all()):
+        raise ValueError(f"image positions of the layout must hold `mask_id` ({vocab.mask_id}) or image tokens "
+                         f"[{vocab.image_offset}, {vocab.image_end})")
+    return image
 
 
-def _check_uncond(ids: Tensor | None, mask: Tensor | None, batch: int, text_len: int, scale: float) -> None:
-    if ids is None:
-        raise ValueError(f"`uncond_input_ids` is required when `guidance_scale` ({scale}) > 0")
-    if ids.ndim != 2 or ids.shape[0] != batch or ids.shape[1] < text_len:
-        raise ValueError(f"`uncond_input_ids` must be ({batch}, >= {text_len}), got {tuple(ids.shape)}")
-    if mask is not None and mask.shape != ids.shape:
-        raise ValueError(f"`uncond_attention_mask` must be {tuple(ids.shape)}, got {tuple(mask.shape)}")
+def _check_uncond(uncond: TokenLayout | None, batch: int, text_len: int, scale: float) -> TokenLayout:
+    if uncond is None:
+        raise ValueError(f"`uncond` (the null-prompt layout) is required when `guidance_scale` ({scale}) > 0")
+    if uncond.batch_size != batch or uncond.seq_len < text_len:
+        raise ValueError(f"`uncond` must be ({batch}, >= {text_len}), got {tuple(uncond.input_ids.shape)}")
+    return uncond

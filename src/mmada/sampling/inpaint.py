@@ -17,27 +17,23 @@ paper only reports that they work zero-shot.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import torch
 from torch import Tensor
 
+from mmada.prompting import LayoutSpans, Span, TokenLayout, Vocab
 from mmada.sampling.common import SampleStep
+from mmada.sampling.config import ImageSampling, InfillSampling
 from mmada.sampling.denoisers import Denoiser
 from mmada.sampling.image import iter_sample_t2i
-from mmada.sampling.text import Remasking, check_policy, iter_denoise_blocks, last_step
+from mmada.sampling.text import iter_denoise_blocks, last_step
 
 
 def iter_infill_text(
     model: Denoiser,
     input_ids: Tensor,
+    settings: InfillSampling,
     *,
-    steps: int,
-    block_length: int | None = None,
-    temperature: float = 0.0,
-    remasking: Remasking = "low_confidence",
-    threshold: float | None = None,
-    cfg_scale: float = 0.0,
     mask_id: int,
     attention_mask: Tensor | None = None,
     generator: torch.Generator | None = None,
@@ -45,42 +41,34 @@ def iter_infill_text(
     """Fill every `mask_id` position of `input_ids`; all other tokens are context and stay.
 
     The masked region runs from the first to the last masked column of the batch. It is decoded
-    as one block (`block_length` None) or in blocks of `block_length` from its left end; each
-    block gets steps / num_blocks steps and commits its own masked positions.
+    as one block (`settings.block_length` None) or in blocks of `block_length` from its left end;
+    each block gets steps / num_blocks steps and commits its own masked positions.
 
     Args:
         input_ids: (B, L) int64 text with masked spans (left-padded when rows differ).
-        steps: total steps, a multiple of the number of blocks.
-        Other arguments: as in `sampling.text.iter_sample_text` (`cfg_scale` masks the context).
+        settings: steps (a multiple of the number of blocks), block_length and the per-step policy
+            (temperature, remasking, threshold, cfg_scale: the guidance pass masks the context).
+        Other arguments: as in `sampling.text.iter_sample_text`.
     """
-    check_policy(temperature, remasking, cfg_scale, threshold)
     masked_cols = (input_ids == mask_id).any(dim=0).nonzero()
     if masked_cols.numel() == 0:
         return iter(())
     start, stop = int(masked_cols[0, 0]), int(masked_cols[-1, 0]) + 1
-    length = stop - start if block_length is None else block_length
+    length = stop - start if settings.block_length is None else settings.block_length
     blocks = [slice(s, min(s + length, stop)) for s in range(start, stop, length)]
-    if steps < 1 or steps % len(blocks):
-        raise ValueError(f"`steps` ({steps}) must be a positive multiple of the number of blocks "
+    if settings.steps % len(blocks):
+        raise ValueError(f"`steps` ({settings.steps}) must be a positive multiple of the number of blocks "
                          f"({len(blocks)} blocks of `block_length` {length} over the masked region)")
-    return iter_denoise_blocks(
-        model, input_ids, attention_mask, blocks=blocks, steps_per_block=steps // len(blocks),
-        mask_id=mask_id, temperature=temperature, remasking=remasking, threshold=threshold,
-        cfg_scale=cfg_scale, generator=generator,
-    )
+    return iter_denoise_blocks(model, input_ids, attention_mask, settings, blocks=blocks,
+                               steps_per_block=settings.steps // len(blocks), mask_id=mask_id, generator=generator)
 
 
 @torch.inference_mode()
 def infill_text(
     model: Denoiser,
     input_ids: Tensor,
+    settings: InfillSampling,
     *,
-    steps: int,
-    block_length: int | None = None,
-    temperature: float = 0.0,
-    remasking: Remasking = "low_confidence",
-    threshold: float | None = None,
-    cfg_scale: float = 0.0,
     mask_id: int,
     attention_mask: Tensor | None = None,
     generator: torch.Generator | None = None,
@@ -89,104 +77,147 @@ def infill_text(
     `input_ids` when nothing is masked)."""
     if not bool((input_ids == mask_id).any()):
         return input_ids.clone()
-    steps_iter = iter_infill_text(
-        model, input_ids, steps=steps, block_length=block_length, temperature=temperature,
-        remasking=remasking, threshold=threshold, cfg_scale=cfg_scale, mask_id=mask_id,
-        attention_mask=attention_mask, generator=generator,
-    )
-    return last_step(steps_iter).tokens
+    steps = iter_infill_text(model, input_ids, settings, mask_id=mask_id, attention_mask=attention_mask,
+                             generator=generator)
+    return last_step(steps).tokens
+
+
+def place_image(layout: TokenLayout, image_ids: Tensor) -> TokenLayout:
+    """`layout` with `image_ids` (B, N) int64 token ids (codes + image offset, or mask ids) written into its
+    image span, e.g. the codes of an image to edit into a t2i generation layout."""
+    image = layout.spans.image.as_slice()
+    if image_ids.shape != (layout.batch_size, image.stop - image.start):
+        raise ValueError(f"`image_ids` must be ({layout.batch_size}, {image.stop - image.start}) like the "
+                         f"layout's image span, got {tuple(image_ids.shape)}")
+    ids = layout.input_ids.clone()
+    ids[:, image] = image_ids.to(ids.device)
+    return TokenLayout(layout.task, ids, layout.attention_mask, layout.prompt_mask, layout.spans, layout.labels)
 
 
 def iter_inpaint_image(
-    model: Denoiser, input_ids: Tensor, attention_mask: Tensor | None, region: Tensor, **t2i: Any
+    model: Denoiser,
+    layout: TokenLayout,
+    region: Tensor,
+    settings: ImageSampling,
+    vocab: Vocab,
+    *,
+    uncond: TokenLayout | None = None,
+    generator: torch.Generator | None = None,
 ) -> Iterator[SampleStep]:
     """Regenerate the image codes inside `region`, under the prompt of the t2i layout.
 
     Args:
-        input_ids: (B, L) t2i layout whose N image positions hold image tokens.
-        attention_mask: (B, L) padding mask or None.
+        layout: (B, L) t2i layout whose N image positions hold image tokens (`place_image`).
         region: (B, N) bool, True = regenerate, in raster order (row-major over the code grid).
-        **t2i: the keyword arguments of `sampling.image.iter_sample_t2i`
-            (num_image_tokens, codebook_size, image_offset, mask_id, timesteps, ...).
+        Other arguments: as in `sampling.image.iter_sample_t2i`.
     """
-    length, num_image = input_ids.shape[1], t2i["num_image_tokens"]
-    if region.shape != (input_ids.shape[0], num_image):
-        raise ValueError(f"`region` must be ({input_ids.shape[0]}, {num_image}), got {tuple(region.shape)}")
-    image = slice(length - num_image - 1, length - 1)
-    tokens = input_ids.clone()
-    tokens[:, image] = tokens[:, image].masked_fill(region.bool(), t2i["mask_id"])
-    return iter_sample_t2i(model, tokens, attention_mask, **t2i)
+    image = layout.spans.image.as_slice()
+    num_image = image.stop - image.start
+    if region.shape != (layout.batch_size, num_image):
+        raise ValueError(f"`region` must be ({layout.batch_size}, {num_image}), got {tuple(region.shape)}")
+    masked = layout.input_ids[:, image].masked_fill(region.bool().to(layout.input_ids.device), vocab.mask_id)
+    return iter_sample_t2i(model, place_image(layout, masked), settings, vocab, uncond=uncond, generator=generator)
 
 
 @torch.inference_mode()
 def inpaint_image(
-    model: Denoiser, input_ids: Tensor, attention_mask: Tensor | None, region: Tensor, **t2i: Any
+    model: Denoiser,
+    layout: TokenLayout,
+    region: Tensor,
+    settings: ImageSampling,
+    vocab: Vocab,
+    *,
+    uncond: TokenLayout | None = None,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """`iter_inpaint_image` run to the end: (B, N) codes, equal to the input outside `region`."""
-    return last_step(iter_inpaint_image(model, input_ids, attention_mask, region, **t2i)).tokens
+    steps = iter_inpaint_image(model, layout, region, settings, vocab, uncond=uncond, generator=generator)
+    return last_step(steps).tokens
 
 
 def extend_grid(
-    input_ids: Tensor,
-    attention_mask: Tensor | None,
-    *,
-    grid: tuple[int, int],
-    pad: tuple[int, int, int, int],
-    mask_id: int,
-) -> tuple[Tensor, Tensor | None, Tensor]:
+    layout: TokenLayout, *, grid: tuple[int, int], pad: tuple[int, int, int, int], mask_id: int
+) -> tuple[TokenLayout, Tensor]:
     """Enlarge the image of a t2i layout by masked rows and columns around its code grid.
 
     Args:
-        input_ids: (B, L) t2i layout with N = h * w image tokens in raster order.
-        attention_mask: (B, L) padding mask or None.
+        layout: (B, L) t2i layout with N = h * w image tokens in raster order in its image span.
         grid: (h, w) of the current image.
         pad: new (top, bottom, left, right) rows / columns.
 
     Returns:
-        ids (B, L') and mask of the new layout (text part and `<|eoi|>` unchanged), and the
-        region (B, N') bool that is new, where N' = (h + top + bottom) * (w + left + right).
+        The new layout (B, L') (text part and `<|eoi|>` unchanged, spans moved), and the region
+        (B, N') bool that is new, where N' = (h + top + bottom) * (w + left + right).
     """
     (h, w), (top, bottom, left, right) = grid, pad
     if min(h, w) < 1 or min(pad) < 0:
         raise ValueError(f"`grid` {grid} must be positive and `pad` {pad} non-negative")
-    batch, length = input_ids.shape
-    head = length - h * w - 1  # text part + <|soi|>
-    old = input_ids[:, head : length - 1].view(batch, h, w)
+    image = layout.spans.image.as_slice()
+    if image.stop - image.start != h * w:
+        raise ValueError(f"`grid` {grid} must cover the layout's {image.stop - image.start} image tokens")
+    batch = layout.batch_size
+    old = layout.input_ids[:, image].view(batch, h, w)
     new = old.new_full((batch, h + top + bottom, w + left + right), mask_id)
     new[:, top : top + h, left : left + w] = old
     region = torch.ones_like(new, dtype=torch.bool)
     region[:, top : top + h, left : left + w] = False
-    ids = torch.cat([input_ids[:, :head], new.flatten(1), input_ids[:, length - 1 :]], dim=1)  # (B, L')
-    if attention_mask is not None:
-        ones = attention_mask.new_ones(batch, new[0].numel())
-        attention_mask = torch.cat([attention_mask[:, :head], ones, attention_mask[:, length - 1 :]], dim=1)
-    return ids, attention_mask, region.flatten(1)
+    return _splice_image(layout, image, new.flatten(1)), region.flatten(1)
+
+
+def _splice_image(layout: TokenLayout, image: slice, new_image: Tensor) -> TokenLayout:
+    """`layout` with its image span replaced by `new_image` (B, N') ids; later positions move by N' - N."""
+    n_new = new_image.shape[1]
+    shift = n_new - (image.stop - image.start)
+
+    def splice(row: Tensor, fill: Tensor) -> Tensor:
+        return torch.cat([row[:, : image.start], fill, row[:, image.stop :]], dim=1)
+
+    def move(span: Span) -> Span:
+        return span.shift(shift) if bool((span.start >= image.stop).all()) else span
+
+    ones = layout.attention_mask.new_ones(layout.batch_size, n_new)
+    spans = layout.spans.map(move)
+    spans = LayoutSpans(spans.text, spans.prompt, spans.answer, Span.fixed(image.start, image.start + n_new,
+                                                                           layout.batch_size))
+    labels = None if layout.labels is None else splice(layout.labels, new_image)
+    return TokenLayout(layout.task, splice(layout.input_ids, new_image), splice(layout.attention_mask, ones),
+                       splice(layout.prompt_mask, ~ones), spans, labels)
 
 
 def iter_extrapolate_image(
     model: Denoiser,
-    input_ids: Tensor,
-    attention_mask: Tensor | None,
+    layout: TokenLayout,
+    settings: ImageSampling,
+    vocab: Vocab,
     *,
     grid: tuple[int, int],
     pad: tuple[int, int, int, int],
-    **t2i: Any,
+    uncond: TokenLayout | None = None,
+    generator: torch.Generator | None = None,
 ) -> Iterator[SampleStep]:
     """Extend an image by `pad` = (top, bottom, left, right) rows / columns of new codes.
 
-    `input_ids` holds the image's h * w codes (`grid` = (h, w)); the sampler runs on the enlarged
-    layout, so `num_image_tokens` is derived and must not be passed. The unconditional input, if
-    any, only contributes its text part, so the original `uncond_input_ids` still fits.
+    `layout`'s image span holds the image's h * w codes (`grid` = (h, w)); the sampler runs on the
+    enlarged layout (`extend_grid`). The unconditional layout, if any, only contributes its text
+    part, so the original null prompt still fits.
     """
-    if "num_image_tokens" in t2i:
-        raise ValueError("`num_image_tokens` is derived from `grid` and `pad`; do not pass it")
-    ids, mask, _ = extend_grid(input_ids, attention_mask, grid=grid, pad=pad, mask_id=t2i["mask_id"])
-    height, width = grid[0] + pad[0] + pad[1], grid[1] + pad[2] + pad[3]
-    return iter_sample_t2i(model, ids, mask, num_image_tokens=height * width, **t2i)
+    extended, _ = extend_grid(layout, grid=grid, pad=pad, mask_id=vocab.mask_id)
+    return iter_sample_t2i(model, extended, settings, vocab, uncond=uncond, generator=generator)
 
 
 @torch.inference_mode()
-def extrapolate_image(model: Denoiser, input_ids: Tensor, attention_mask: Tensor | None, **kwargs: Any) -> Tensor:
+def extrapolate_image(
+    model: Denoiser,
+    layout: TokenLayout,
+    settings: ImageSampling,
+    vocab: Vocab,
+    *,
+    grid: tuple[int, int],
+    pad: tuple[int, int, int, int],
+    uncond: TokenLayout | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """`iter_extrapolate_image` run to the end: (B, N') codes of the enlarged grid, raster order."""
-    return last_step(iter_extrapolate_image(model, input_ids, attention_mask, **kwargs)).tokens
-
+    steps = iter_extrapolate_image(model, layout, settings, vocab, grid=grid, pad=pad, uncond=uncond,
+                                   generator=generator)
+    return last_step(steps).tokens

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator, Sequence
 from functools import partial
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -43,65 +43,53 @@ from mmada.sampling.common import (
     token_confidence,
     uniform_window,
 )
+from mmada.sampling.config import InfillSampling, Remasking, TextSampling
 from mmada.sampling.denoisers import ClassifierFreeGuidance, Denoiser, mask_positions
 from mmada.utils.device import math_dtype
 
-Remasking = Literal["low_confidence", "random"]
 StepT = TypeVar("StepT")
-REMASKING = ("low_confidence", "random")
 
 
 def iter_sample_text(
     model: Denoiser,
     prompt_ids: Tensor,
+    settings: TextSampling,
     *,
-    gen_length: int,
-    block_length: int,
-    steps: int,
-    temperature: float = 0.0,
-    remasking: Remasking = "low_confidence",
-    cfg_scale: float = 0.0,
     mask_id: int,
     attention_mask: Tensor | None = None,
-    threshold: float | None = None,
     stop_token_ids: Collection[int] | int | None = None,
     generator: torch.Generator | None = None,
 ) -> Iterator[SampleStep]:
-    """Generate `gen_length` tokens after each prompt, yielding the state after every step.
+    """Generate `settings.gen_length` tokens after each prompt, yielding the state after every step.
 
     Args:
         model: the `Denoiser` (e.g. `MMaDAModel`).
         prompt_ids: (B, P) int64, left-padded when rows differ in length.
-        gen_length: tokens to generate, a multiple of `block_length`.
-        block_length: tokens per semi-autoregressive block.
-        steps: total denoising steps, a multiple of the number of blocks.
-        temperature: 0 = greedy; > 0 samples with float64 Gumbel-max.
-        remasking: "low_confidence" or "random" (see the module docstring).
-        cfg_scale: unsupervised classifier-free guidance weight w (`denoisers.guide`); the
-            unconditional input masks every prompt position, padding included.
-        mask_id: the [MASK] token id.
+        settings: gen_length, block_length, steps, temperature, remasking, cfg_scale (the
+            unconditional input masks every prompt position, padding included), threshold
+            (Fast-dLLM commits instead of fixed quotas: each block runs until it is complete) and
+            early_stop (see `stop_token_ids`).
+        mask_id: the [MASK] token id (`Vocab.mask_id`).
         attention_mask: (B, P) or (B, P + gen_length) padding mask, 1 = real token, or None.
-        threshold: commit by confidence threshold (Fast-dLLM) instead of fixed quotas; then
-            `steps` only has to be valid, each block runs until it is complete.
-        stop_token_ids: stop after a block when every row's last token of that block is one of
-            these ids (official `mmu_generate_fast` with `eot_token`); later blocks stay masked.
+        stop_token_ids: with `settings.early_stop`, stop after a block when every row's last token
+            of that block is one of these ids (official `mmu_generate_fast` with `eot_token`);
+            later blocks stay masked. The pipeline passes EOS and `<|eot_id|>`.
         generator: source of all randomness (None: torch's global generator).
 
     Returns:
-        An iterator of `SampleStep`, tokens (B, P + gen_length), one per step. The settings are
+        An iterator of `SampleStep`, tokens (B, P + gen_length), one per step. The tensors are
         checked when this function is called, before the first step.
     """
-    _check_text_settings(prompt_ids, gen_length, block_length, steps, temperature, remasking,
-                         cfg_scale, threshold, attention_mask)
+    _check_prompt(prompt_ids, attention_mask, settings.gen_length)
+    gen_length, block_length = settings.gen_length, settings.block_length
     batch, prompt_len = prompt_ids.shape
     tokens = torch.cat([prompt_ids, prompt_ids.new_full((batch, gen_length), mask_id)], dim=1)  # (B, P+G)
     if attention_mask is not None and attention_mask.shape[1] == prompt_len:
         attention_mask = torch.cat([attention_mask.bool(), tokens.new_ones(batch, gen_length).bool()], 1)
     blocks = [slice(start, start + block_length) for start in range(prompt_len, tokens.shape[1], block_length)]
     return iter_denoise_blocks(
-        model, tokens, attention_mask, blocks=blocks, steps_per_block=steps // len(blocks),
-        mask_id=mask_id, temperature=temperature, remasking=remasking, threshold=threshold,
-        cfg_scale=cfg_scale, stop_token_ids=stop_token_ids, generator=generator,
+        model, tokens, attention_mask, settings, blocks=blocks, steps_per_block=settings.steps // len(blocks),
+        mask_id=mask_id, stop_token_ids=stop_token_ids if settings.early_stop else None, generator=generator,
     )
 
 
@@ -109,27 +97,17 @@ def iter_sample_text(
 def sample_text(
     model: Denoiser,
     prompt_ids: Tensor,
+    settings: TextSampling,
     *,
-    gen_length: int,
-    block_length: int,
-    steps: int,
-    temperature: float = 0.0,
-    remasking: Remasking = "low_confidence",
-    cfg_scale: float = 0.0,
     mask_id: int,
     attention_mask: Tensor | None = None,
-    threshold: float | None = None,
     stop_token_ids: Collection[int] | int | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """`iter_sample_text` run to the end; returns (B, P + gen_length) int64, prompt included."""
-    steps_iter = iter_sample_text(
-        model, prompt_ids, gen_length=gen_length, block_length=block_length, steps=steps,
-        temperature=temperature, remasking=remasking, cfg_scale=cfg_scale, mask_id=mask_id,
-        attention_mask=attention_mask, threshold=threshold, stop_token_ids=stop_token_ids,
-        generator=generator,
-    )
-    return last_step(steps_iter).tokens
+    steps = iter_sample_text(model, prompt_ids, settings, mask_id=mask_id, attention_mask=attention_mask,
+                             stop_token_ids=stop_token_ids, generator=generator)
+    return last_step(steps).tokens
 
 
 @torch.no_grad()
@@ -137,14 +115,11 @@ def iter_denoise_blocks(
     model: Denoiser,
     tokens: Tensor,
     attention_mask: Tensor | None,
+    policy: TextSampling | InfillSampling,
     *,
     blocks: Sequence[slice],
     steps_per_block: int,
     mask_id: int,
-    temperature: float = 0.0,
-    remasking: Remasking = "low_confidence",
-    threshold: float | None = None,
-    cfg_scale: float = 0.0,
     stop_token_ids: Collection[int] | int | None = None,
     generator: torch.Generator | None = None,
 ) -> Iterator[SampleStep]:
@@ -158,15 +133,18 @@ def iter_denoise_blocks(
         model: the `Denoiser`.
         tokens: (B, L) int64, the initial sequence with masked positions.
         attention_mask: (B, L) padding mask or None.
+        policy: the per-step settings read here: temperature, remasking, threshold, cfg_scale.
         blocks: position ranges decoded in order; each gets `steps_per_block` steps (quota
             mode), or runs until it has no mask left (threshold mode).
+        stop_token_ids: stop after a block whose last token is one of these in every row.
         Other arguments: as in `iter_sample_text`.
     """
+    cfg_scale, threshold = policy.cfg_scale, policy.threshold
     if cfg_scale > 0:
         model = ClassifierFreeGuidance(model, cfg_scale, mask_positions(tokens != mask_id, mask_id))
     attention_mask = key_padding_mask(attention_mask)
     stop_ids = _as_id_tensor(stop_token_ids, tokens.device)
-    propose = _proposer(temperature, remasking, generator)
+    propose = _proposer(policy.temperature, policy.remasking, generator)
     step = 0
     for index, block in enumerate(blocks):
         block_steps = _iter_block(model, tokens, attention_mask, block, propose, steps=steps_per_block,
@@ -279,37 +257,12 @@ def _as_id_tensor(ids: Collection[int] | int | None, device: torch.device) -> Te
     return torch.tensor([ids] if isinstance(ids, int) else sorted(ids), device=device)
 
 
-def _check_text_settings(
-    prompt_ids: Tensor, gen_length: int, block_length: int, steps: int, temperature: float,
-    remasking: str, cfg_scale: float, threshold: float | None, attention_mask: Tensor | None,
-) -> None:
-    """Refuse invalid settings up front, naming the parameter (never corrected silently)."""
+def _check_prompt(prompt_ids: Tensor, attention_mask: Tensor | None, gen_length: int) -> None:
+    """Refuse malformed prompts up front, naming the argument (never corrected silently)."""
     if prompt_ids.ndim != 2 or prompt_ids.dtype != torch.long:
         raise ValueError(f"`prompt_ids` must be (B, P) int64, got {tuple(prompt_ids.shape)} {prompt_ids.dtype}")
-    for name, value in (("gen_length", gen_length), ("block_length", block_length), ("steps", steps)):
-        if value < 1:
-            raise ValueError(f"`{name}` ({value}) must be >= 1")
-    if gen_length % block_length:
-        raise ValueError(f"`gen_length` ({gen_length}) must be divisible by `block_length` ({block_length})")
-    num_blocks = gen_length // block_length
-    if steps % num_blocks:
-        raise ValueError(f"`steps` ({steps}) must be divisible by the number of blocks "
-                         f"({num_blocks} = gen_length / block_length)")
-    check_policy(temperature, remasking, cfg_scale, threshold)
     if attention_mask is not None:
         check_left_padded(attention_mask, prompt_ids.shape, gen_length)
-
-
-def check_policy(temperature: float, remasking: str, cfg_scale: float, threshold: float | None) -> None:
-    """Validate the per-step options shared by text sampling and infilling."""
-    if temperature < 0:
-        raise ValueError(f"`temperature` ({temperature}) must be >= 0")
-    if remasking not in REMASKING:
-        raise ValueError(f"`remasking` ({remasking!r}) must be one of {REMASKING}")
-    if cfg_scale < 0:
-        raise ValueError(f"`cfg_scale` ({cfg_scale}) must be >= 0")
-    if threshold is not None and not 0 < threshold <= 1:
-        raise ValueError(f"`threshold` ({threshold}) must be in (0, 1]")
 
 
 def check_left_padded(attention_mask: Tensor, prompt_shape: torch.Size, gen_length: int) -> None:

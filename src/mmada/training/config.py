@@ -541,8 +541,7 @@ def resolve_asset(value: str, kind: str = "image") -> Path:
 def load_tokenizers(section: ModelSection, model: Any, device: Any) -> Tokenizers:
     """The text tokenizer (`tokenizer`, else the `init` checkpoint's), its `Vocab`, and the image tokenizer."""
     from ..image_tokenizer import load_image_tokenizer
-    from ..pipelines import vocab_for
-    from ..prompting import TextTokenizer
+    from ..prompting import TextTokenizer, vocab_for
 
     folder = resolve_asset(section.tokenizer, "text") if section.tokenizer else (
         None if section.init in PRESETS else resolve_init(section.init))

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import train_state
+from ..sampling import Overrides, TextSampling
 from .config import LogConfig, Tokenizers
 
 EvalHook = Callable[[nn.Module, int], Mapping[str, float]]
@@ -31,7 +32,8 @@ class PipelineHooks:
     def __init__(self, tokenizers: Tokenizers, log: LogConfig, write: bool = True) -> None:
         self.tokenizers, self.log, self.write = tokenizers, log, write
         n = log.sample_gen_length
-        self.text = {"gen_length": n, "steps": n, "block_length": n}
+        self.text = Overrides(TextSampling, gen_length=n, steps=n, block_length=n)  # previews: one block
+        self.greedy = Overrides(TextSampling, gen_length=n, steps=n, block_length=n, temperature=0.0)  # evaluation
 
     def _pipeline(self, model: nn.Module) -> Any:
         from ..pipelines import MMaDAPipeline, PipelineSettings
@@ -48,8 +50,9 @@ class PipelineHooks:
     def preview(self, model: nn.Module, step: int, run_dir: Path) -> None:
         pipe = self._pipeline(model)
         gen = torch.Generator(pipe.device).manual_seed(0)
+        text = self.text.apply(pipe.settings.text)
         answers = [
-            f"Q: {q}\nA: {pipe.generate(q, generator=gen, **self.text).text}\n" for q in self.log.preview_prompts
+            f"Q: {q}\nA: {pipe.generate(q, generator=gen, sampling=text).text}\n" for q in self.log.preview_prompts
         ]
         captions = list(self.log.preview_captions) if self.tokenizers.image is not None else []
         images = pipe.text_to_image(captions, generator=gen) if captions else []
@@ -63,7 +66,7 @@ class PipelineHooks:
     def evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
         from ..evaluation.world import WorldEvalConfig, evaluate_world
 
-        greedy = {**self.text, "temperature": 0.0}
-        config = WorldEvalConfig(tasks=self.log.eval_tasks, limit=self.log.eval_limit, text=greedy, short=greedy)
+        config = WorldEvalConfig(tasks=self.log.eval_tasks, limit=self.log.eval_limit, text=self.greedy,
+                                 short=self.greedy)
         results = evaluate_world(self._pipeline(model), config)
         return {f"{task}/{group}": score for task, groups in results.items() for group, score in groups.items()}

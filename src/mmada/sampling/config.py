@@ -1,0 +1,179 @@
+"""Sampler settings: typed, frozen, documented, validated once (STYLE §5.3).
+
+Each sampler takes one of these objects instead of a dozen keyword arguments:
+
+- `TextSampling`: text and multimodal understanding (`sampling.text.iter_sample_text`);
+- `ImageSampling`: text-to-image, inpainting and extrapolation (`sampling.image.iter_sample_t2i`);
+- `InfillSampling`: text infilling (`sampling.inpaint.iter_infill_text`).
+
+A setting is checked here, on construction, and names itself in the error; checks that need the
+tensors (shapes, padding, the image positions) stay with the samplers. The pipeline's defaults are
+`TextSampling()` / `ImageSampling()` (or a checkpoint's `mmada_pipeline.json`), the CLI's sampler
+flags are generated from these fields and their docstrings, and `Overrides` carries a partial set of
+fields to apply over such defaults (evaluation configs).
+
+To add a sampler setting: add the field (with its docstring and check) here, and read it in the
+sampler that uses it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any, Generic, Literal, TypeVar
+
+from mmada.diffusion.schedules import get_schedule
+
+Remasking = Literal["low_confidence", "random"]
+REMASKING: tuple[Remasking, ...] = ("low_confidence", "random")
+TemperatureSchedule = Literal["compounding", "linear"]
+TEMPERATURE_SCHEDULES: tuple[TemperatureSchedule, ...] = ("compounding", "linear")
+
+
+@dataclass(frozen=True)
+class TextSampling:
+    """Text / understanding sampler settings (`sampling.text.iter_sample_text`).
+
+    Defaults: the official demo's (Gen-Verse/MMaDA app.py; MMADA.md §3).
+    """
+
+    gen_length: int = 512
+    """Tokens to generate (a multiple of block_length)."""
+    steps: int = 256
+    """Denoising steps over the whole generation (a multiple of the number of blocks)."""
+    block_length: int = 128
+    """Semi-autoregressive block size."""
+    temperature: float = 1.0
+    """0 = greedy; > 0 = float64 Gumbel-max sampling."""
+    remasking: Remasking = "low_confidence"
+    """"low_confidence" or "random"."""
+    cfg_scale: float = 0.0
+    """Unsupervised classifier-free guidance weight (prompt fully masked for the unconditional pass)."""
+    threshold: float | None = None
+    """Fast mode: commit every token whose confidence reaches this (Fast-dLLM); None = exact schedule."""
+    early_stop: bool = True
+    """Stop after a block that ends in EOS/EOT in every row (official `mmu_generate_fast`)."""
+
+    def __post_init__(self) -> None:
+        _at_least_one(gen_length=self.gen_length, block_length=self.block_length, steps=self.steps)
+        if self.gen_length % self.block_length:
+            raise ValueError(f"`gen_length` ({self.gen_length}) must be divisible by `block_length` "
+                             f"({self.block_length})")
+        num_blocks = self.gen_length // self.block_length
+        if self.steps % num_blocks:
+            raise ValueError(f"`steps` ({self.steps}) must be divisible by the number of blocks "
+                             f"({num_blocks} = gen_length / block_length)")
+        _check_policy(self.temperature, self.remasking, self.cfg_scale, self.threshold)
+
+
+@dataclass(frozen=True)
+class InfillSampling:
+    """Text infilling settings (`sampling.inpaint.iter_infill_text`): the block loop over masked spans."""
+
+    steps: int
+    """Total denoising steps, a multiple of the number of blocks over the masked region."""
+    block_length: int | None = None
+    """Decode the masked region in blocks of this size from its left end; None = one block."""
+    temperature: float = 0.0
+    """0 = greedy; > 0 = float64 Gumbel-max sampling."""
+    remasking: Remasking = "low_confidence"
+    """"low_confidence" or "random"."""
+    threshold: float | None = None
+    """Commit every token whose confidence reaches this (Fast-dLLM); None = exact schedule."""
+    cfg_scale: float = 0.0
+    """Classifier-free guidance weight; the unconditional pass masks the whole context."""
+
+    def __post_init__(self) -> None:
+        _at_least_one(steps=self.steps)
+        if self.block_length is not None:
+            _at_least_one(block_length=self.block_length)
+        _check_policy(self.temperature, self.remasking, self.cfg_scale, self.threshold)
+
+
+@dataclass(frozen=True)
+class ImageSampling:
+    """Text-to-image sampler settings (`sampling.image.iter_sample_t2i`), also used to inpaint and extrapolate.
+
+    Defaults: the official demo's (15 steps, guidance 3.5, cosine schedule).
+    """
+
+    timesteps: int = 15
+    """MaskGIT steps (the paper evaluates with 50)."""
+    guidance_scale: float = 3.5
+    """MUSE-form guidance weight w: (1 + w) cond - w uncond."""
+    temperature: float = 1.0
+    """Initial temperature of the confidence noise."""
+    schedule: str = "cosine"
+    """Mask-ratio schedule: cosine, linear, sigmoid, pow."""
+    temperature_schedule: TemperatureSchedule = "compounding"
+    """"compounding" (official: tau is multiplied by (1 - r) every step) or "linear"."""
+
+    def __post_init__(self) -> None:
+        _at_least_one(timesteps=self.timesteps)
+        for name, value in (("guidance_scale", self.guidance_scale), ("temperature", self.temperature)):
+            if value < 0:
+                raise ValueError(f"`{name}` ({value}) must be >= 0")
+        if self.temperature_schedule not in TEMPERATURE_SCHEDULES:
+            raise ValueError(f"`temperature_schedule` ({self.temperature_schedule!r}) must be 'compounding' "
+                             "or 'linear'")
+        get_schedule(self.schedule)  # an unknown name raises, naming the schedule
+
+
+SettingsT = TypeVar("SettingsT", TextSampling, ImageSampling, InfillSampling)
+
+
+class Overrides(Generic[SettingsT]):
+    """Some fields of a settings class, applied over defaults known only later (a pipeline's).
+
+    Example: ``Overrides(TextSampling, temperature=0.0).apply(pipe.settings.text)``. Field names are
+    checked now; values when applied (they may only be valid together with the defaults).
+    """
+
+    def __init__(self, kind: type[SettingsT], /, **values: Any) -> None:
+        self.kind, self.values = kind, dict(values)
+        check_names(kind, values)
+
+    def apply(self, base: SettingsT) -> SettingsT:
+        if not isinstance(base, self.kind):
+            raise TypeError(f"overrides of {self.kind.__name__} cannot apply to {type(base).__name__}")
+        return replace(base, **self.values)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Overrides) and (self.kind, self.values) == (other.kind, other.values)
+
+    def __hash__(self) -> int:
+        return hash((self.kind, tuple(sorted(self.values.items()))))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.values.items())
+        return f"Overrides({self.kind.__name__}{', ' if args else ''}{args})"
+
+
+def check_names(
+    kind: type, values: Mapping[str, Any], supported: frozenset[str] | None = None, where: str = "this call"
+) -> None:
+    """Refuse keys that are not fields of `kind`, or fields that `where` does not support (naming both)."""
+    names = {f.name for f in fields(kind)}
+    for key in sorted(values):
+        if key not in names:
+            raise ValueError(f"unknown sampler setting {key!r}; valid settings: {sorted(names)}")
+        if supported is not None and key not in supported:
+            raise ValueError(f"sampler setting {key!r} is not supported by {where}; it supports {sorted(supported)}")
+
+
+def _at_least_one(**values: int) -> None:
+    for name, value in values.items():
+        if value < 1:
+            raise ValueError(f"`{name}` ({value}) must be >= 1")
+
+
+def _check_policy(temperature: float, remasking: str, cfg_scale: float, threshold: float | None) -> None:
+    """The per-step options shared by text sampling and infilling."""
+    if temperature < 0:
+        raise ValueError(f"`temperature` ({temperature}) must be >= 0")
+    if remasking not in REMASKING:
+        raise ValueError(f"`remasking` ({remasking!r}) must be one of {REMASKING}")
+    if cfg_scale < 0:
+        raise ValueError(f"`cfg_scale` ({cfg_scale}) must be >= 0")
+    if threshold is not None and not 0 < threshold <= 1:
+        raise ValueError(f"`threshold` ({threshold}) must be in (0, 1]")
