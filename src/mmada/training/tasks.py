@@ -5,9 +5,11 @@ prompting builder, how a record becomes the text, whether an image is encoded, w
 apply) and how they are learned (the forward process and loss, the `ObjectiveConfig` coefficient and
 normalisation). Code elsewhere asks the entry (`task.image`, `task.loss == "image"`), never the name.
 
-To add a task: add its name to `TaskName` and its entry here, then give it a data source (a `text` kind
-`data_tasks.record_text` knows and a layout `data_tasks.assemble` knows; a row maker in
-`data_world.WorldSource` if the tiny world should emit it). The objective and the trainer need no edit.
+To add a task: add its name to `TaskName` and its entry here, then give it a data source: a `text` kind
+that `data_tasks.record_text` knows and a `layout` that `data_tasks.assemble` builds (a new layout is a
+builder in `prompting/layout.py` plus its kind in `prompting.collate.Task`), and a row maker in
+`data_world.WorldSource.ROWS` if the tiny world should emit it. The objective and the trainer need no
+edit (unless the task gets a weight of its own: a new `ObjectiveConfig` coefficient named in `coeff`).
 """
 
 from __future__ import annotations
