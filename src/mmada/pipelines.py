@@ -2,14 +2,15 @@
 
 `MMaDAPipeline.from_pretrained(path_or_id)` builds it; then `generate`, `chat`, `understand`,
 `text_to_image`, `infill`, `inpaint` and `extrapolate` each turn user inputs (strings, messages, PIL
-images) into a layout (`prompting`), run one of the two samplers (`sampling`), and decode the result.
-Every method has a streaming twin (`iter_*`) that yields the sampler's steps with a preview, which is
-what the CLI's progress bar and GIFs, the server and the web page consume.
+images) into a layout (`prompting`), run a sampler (`sampling`: the text loop, the MaskGIT loop, or
+their editing compositions in `sampling.inpaint`), and decode the result. Every method has a streaming
+twin (`iter_*`) that yields the sampler's steps (with a preview for text), which is what the CLI's
+progress bar and GIFs, the server and the web page consume.
 
-Sampling defaults are the official demo's (Gen-Verse/MMaDA app.py; MMADA.md §3): text and
-understanding 512 tokens / 256 steps / blocks of 128 / temperature 1, low-confidence remasking;
-text-to-image 15 steps, guidance 3.5, cosine schedule. A checkpoint may ship `mmada_pipeline.json`
-with its own defaults (the built-in tiny model does); every setting is overridable per call.
+Sampler settings are `sampling.TextSampling` / `sampling.ImageSampling`, whose defaults are the official
+demo's (Gen-Verse/MMaDA app.py; MMADA.md §3). A checkpoint may ship `mmada_pipeline.json` with its own
+defaults (the built-in tiny model does); a call takes a settings object (`sampling=`), keyword overrides
+of its fields (`gen_length=...`), or both (the keywords apply over the object).
 """
 
 from __future__ import annotations
@@ -336,9 +337,8 @@ class MMaDAPipeline:
                 ids += [self.vocab.mask_id] * blank_length
             ids += self.tokenizer.encode(part) if part else []
         total = steps or max(text.count(BLANK) * blank_length // 2, 1)
-        defaults = self.settings.text
-        settings = replace(InfillSampling(steps=total, temperature=defaults.temperature,
-                                          remasking=defaults.remasking), **sampling)
+        inherited = {name: getattr(self.settings.text, name) for name in INFILL_SETTINGS}
+        settings = InfillSampling(steps=total, **(inherited | sampling))
         tensor = torch.tensor([ids], device=self.device)
         for step in iter_infill_text(self.model, tensor, settings, mask_id=self.vocab.mask_id, generator=generator):
             yield TextStep(step, [self.preview(step.tokens[0, len(head) :])], len(head))

@@ -148,6 +148,15 @@ def split_thinking(text: str) -> ThinkingSplit:
     return ThinkingSplit(None, text.strip())
 
 
+def final_answer(text: str) -> str:
+    """The text after the *last* `</think>`, or the whole text when there is none; stripped.
+
+    The judges' lenient reading (`world.judges`): a model that never closes its think block is still
+    scored on everything it wrote, where `split_thinking` gives it an empty answer.
+    """
+    return text.rsplit(THINK_CLOSE, 1)[-1].strip()
+
+
 def strip_thinking(text: str) -> str:
     """The final answer of a completion, without its `<think>` block."""
     return split_thinking(text).answer

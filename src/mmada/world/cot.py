@@ -2,20 +2,16 @@
 
 MMaDA's mixed long-CoT fine-tuning (arXiv 2505.15809, Sec. 3.3) writes every answer as
 ``<think> reasoning </think> answer``; the world's generators write it with `format_cot` and the
-judges read it with `split_cot`.
+judges read it with `final_answer`, which lives with the other `<think>` parsing in `prompting.chat`.
 """
 
 from __future__ import annotations
 
-THINK_OPEN = "<think>"
-THINK_CLOSE = "</think>"
+from mmada.prompting.chat import THINK_CLOSE, THINK_OPEN, final_answer
+
+__all__ = ["THINK_CLOSE", "THINK_OPEN", "final_answer", "format_cot"]
 
 
 def format_cot(reasoning: str, answer: str) -> str:
     """'<think> {reasoning} </think> {answer}'."""
     return f"{THINK_OPEN} {reasoning.strip()} {THINK_CLOSE} {answer.strip()}"
-
-
-def final_answer(text: str) -> str:
-    """The text after the last `</think>`, or the whole text when there is none; stripped."""
-    return text.rsplit(THINK_CLOSE, 1)[-1].strip()
