@@ -26,6 +26,7 @@ from mmada.cli import main
 from mmada.model import MMaDAModel, ModelConfig
 from mmada.prompting import TextTokenizer, Vocab, build_lm_batch, build_mmu_batch, build_t2i_batch
 from mmada.training.config import TrainConfig, load_config
+from mmada.training.data_world import WorldSpec
 from mmada.training.optim import build_optimizer, lr_scale
 from mmada.training.trainer import run_training
 from mmada.utils.device import seed_everything
@@ -316,7 +317,7 @@ def test_yaml_then_overrides(tmp_path):
     assert config.schedule.kind == "linear" and config.schedule.max_steps == 100
     assert config.schedule.min_lr_scale == 0.0 and config.optim.eps == 1e-8  # untouched: the defaults
     assert config.objective.lm_coeff == 0.5 and config.objective.t2i_coeff == 1.0
-    assert config.data == {"name": "world_pretrain", "max_text_len": 48, "batch_sizes": {"t2i": 4}}
+    assert config.data == WorldSpec(name="world_pretrain", max_text_len=48, batch_sizes={"t2i": 4})  # typed
     assert config.log.progress is True
     assert load_config([], ["model.overrides.d_model=64"]).model.model_config().d_model == 64
 
@@ -382,7 +383,7 @@ def test_official_stage_configs(stage):
     assert (config.objective.t2i_coeff, config.objective.lm_coeff, config.objective.mmu_coeff) == coeffs
     assert config.optim.betas == (0.9, 0.999) and config.optim.weight_decay == 0.01 and config.seed == 10086
     assert config.model.gradient_checkpointing and config.model.mixed_precision == "bf16"
-    tasks = config.data["tasks"]
+    tasks = config.data.tasks
     lm = tasks.get("lm", tasks.get("lm_chat"))
     assert (tasks["t2i"]["batch_size"], lm["batch_size"], tasks["mmu"]["batch_size"]) == rows
 
@@ -390,9 +391,9 @@ def test_official_stage_configs(stage):
 @pytest.mark.parametrize("name", ["tiny_pretrain", "tiny_sft", "tiny_sft_nocot"])
 def test_tiny_world_configs(name):
     config = load_config([CONFIGS / f"{name}.yaml"])
-    assert config.data["name"] == ("world_pretrain" if name == "tiny_pretrain" else "world_sft")
+    assert config.data.name == ("world_pretrain" if name == "tiny_pretrain" else "world_sft")
     assert config.model.mixed_precision == "bf16" and config.schedule.max_steps <= 20_000  # measured faster on CPU
-    assert config.data.get("cot", True) is (name != "tiny_sft_nocot")
+    assert getattr(config.data, "cot", True) is (name != "tiny_sft_nocot")
     objective = config.objective  # the answer loss that teaches from scratch (docs/results.md)
     assert objective.divides_by_real_length("mmu") and objective.divides_by_real_length("lm_chat")
     assert objective.whole_answer_max_tokens["mmu"] >= 8 and not objective.ignores_padding("mmu")

@@ -20,7 +20,8 @@ from PIL import Image
 from mmada.prompting import THINKING_INSTRUCTION, TextTokenizer, Vocab
 from mmada.training.data import RecordStream, brace_expand, build_source, expand_files
 from mmada.training.data_adapters import SkipCounter, SourceSpec
-from mmada.training.data_tasks import OFFICIAL_EOT, TaskSpec, parse_spec, record_text, t2i_caption
+from mmada.training.data_tasks import OFFICIAL_EOT, TaskSpec, record_text, t2i_caption
+from mmada.utils.config import build
 
 M, N = 256, 4  # text length and image tokens of the fake encoder
 SEED = 3
@@ -324,7 +325,8 @@ def test_world_pretrain_has_every_skill(tokenizer, vocab):
     ({"tasks": {"lm": {"source": "foo", "path": "x", "batch_size": 1}}}, "data.tasks.lm.source"),
     ({"tasks": {"lm": {"source": "jsonl", "batch_size": 1}}}, "`path` is required"),
     ({"tasks": {"lm": {"source": "jsonl", "path": "/nonexistent/*.jsonl", "batch_size": 1}}}, "data.tasks.lm.path"),
-    ({"tasks": {"t2i": {"source": "webdataset", "urls": "x.tar", "batch_size": -2}}}, "data.tasks.t2i: `batch_size`"),
+    ({"tasks": {"t2i": {"source": "webdataset", "urls": "x.tar", "batch_size": -2}}},
+     "data.tasks.t2i.batch_size` must be >= 1"),
     ({"tasks": {"lm": {"source": "jsonl", "path": "x", "batch_size": 1, "cond_dropout_prob": 0.1}}},
      "data.tasks.lm.cond_dropout_prob"),
     ({"tasks": {"lm": {"source": "jsonl", "path": "x", "batchsize": 1}}}, "data.tasks.lm.batchsize"),
@@ -341,11 +343,13 @@ def test_bad_specs_are_refused_naming_the_key(patch, key, tokenizer, vocab):
         make(spec, tokenizer, vocab)
 
 
-def test_parse_spec_types():
-    with pytest.raises(ValueError, match=r"`t\.batch_size` must be int"):
-        parse_spec(TaskSpec, {"batch_size": "4"}, "t")
-    assert parse_spec(TaskSpec, {"batch_size": 2, "cond_dropout_prob": 0}, "t").cond_dropout_prob == 0.0
-    assert np.isclose(parse_spec(SourceSpec, {"source": "jsonl", "path": "a"}, "s").weight, 1.0)
+def test_spec_types():
+    """Data specs load like every config (`mmada.utils.config.build`): values converted, bad ones named."""
+    with pytest.raises(ValueError, match=r"`t\.batch_size` expects int, got 'four'"):
+        build(TaskSpec, {"batch_size": "four"}, "t")
+    assert build(TaskSpec, {"batch_size": 2, "cond_dropout_prob": 0}, "t").cond_dropout_prob == 0.0
+    assert np.isclose(build(SourceSpec, {"source": "jsonl", "path": "a"}, "s").weight, 1.0)
+    assert build(SourceSpec, {"source": "jsonl", "path": "a"}, "s").path == ("a",)  # one path is a list of one
 
 
 def test_world_padding_to_the_longest_row(tokenizer, vocab):

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
-import inspect
-import itertools
 import json
 import logging
 import re
 import sys
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .utils.config import field_docs
 from .utils.files import DEFAULT_MODEL, CheckpointError
 from .utils.logging import setup_logging
 
@@ -82,21 +79,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 # ---- generation commands ---------------------------------------------------------------------------
-def _field_docs(cls: type) -> dict[str, str]:
-    """Attribute docstrings of a dataclass (the string right after each field), for --help."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs = {}
-    for node, nxt in itertools.pairwise(body):
-        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-            docs[node.target.id] = " ".join(str(nxt.value.value).split())  # type: ignore[union-attr]
-    return docs
-
-
 def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
     """One optional flag per sampler field (default None = the pipeline's default)."""
     group = parser.add_argument_group(title)
-    docs = _field_docs(cls)
+    docs = field_docs(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "str")
@@ -401,17 +387,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+def _key_lines(prefix: str, cls: type) -> list[str]:
+    """One help line per field of a config dataclass: key, its docstring, default (or "required")."""
+    def default(f: dataclasses.Field) -> str:
+        if f.default is not dataclasses.MISSING:
+            return repr(f.default)
+        return "required" if f.default_factory is dataclasses.MISSING else repr(f.default_factory())
+
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    return [f"  {prefix + '.' + name:<30} {doc} [{default(fields[name])}]" for name, doc in field_docs(cls).items()]
+
+
 def _add_train_command(sub: Any) -> None:
     from .training.config import TrainConfig
+    from .training.data import MixtureSpec
+    from .training.data_adapters import SourceSpec
+    from .training.data_tasks import TaskSpec
+    from .training.data_world import WorldSftSpec
 
     sections = [f for f in dataclasses.fields(TrainConfig) if dataclasses.is_dataclass(f.default_factory)]
     lines = ["config keys (section.key=value; see src/mmada/training/config.py):"]
     for section in sections:
-        defaults = section.default_factory()  # type: ignore[misc]
-        for name, doc in _field_docs(type(defaults)).items():
-            lines.append(f"  {section.name + '.' + name:<30} {doc} [{getattr(defaults, name)!r}]")
-    lines += [f"  {'data.*':<30} The data source spec (src/mmada/training/data.py).",
-              f"  {'seed, device':<30} Top-level keys [10086, 'auto']."]
+        lines += _key_lines(section.name, type(section.default_factory()))  # type: ignore[misc]
+    lines.append(f"  {'seed, device':<30} Top-level keys [10086, 'auto'].")
+    lines += ["", "data: world_pretrain / world_sft (the tiny world; world_sft adds cot, thinking, plain_fraction):"]
+    lines += _key_lines("data", WorldSftSpec)
+    lines += ["", "data: mixture (files on disk; src/mmada/configs/train/stage1_1.yaml is an example):"]
+    lines += _key_lines("data", MixtureSpec)
+    lines += _key_lines("data.tasks.<task>", TaskSpec) + _key_lines("data.tasks.<task>", SourceSpec)
     p = sub.add_parser("train", help="train or resume a run from a YAML config", epilog="\n".join(lines),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", type=Path, help="YAML file, or the name of a shipped config (tiny_pretrain, "

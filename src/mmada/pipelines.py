@@ -20,7 +20,7 @@ import logging
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,8 @@ from .sampling import (
     place_image,
 )
 from .sampling.config import SettingsT, check_names
-from .utils.files import resolve_folder
+from .utils.config import build, to_dict
+from .utils.files import CheckpointError, resolve_folder
 
 logger = logging.getLogger(__name__)
 
@@ -91,14 +92,12 @@ class PipelineSettings:
     image: ImageSampling = field(default_factory=ImageSampling)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PipelineSettings:
-        data = dict(data)
-        text = TextSampling(**data.pop("text", {}))
-        image = ImageSampling(**data.pop("image", {}))
-        return cls(**data, text=text, image=image)
+    def from_dict(cls, data: Mapping[str, Any]) -> PipelineSettings:
+        """From `mmada_pipeline.json`'s mapping, by the one config loader (unknown keys and bad values named)."""
+        return build(cls, data)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return to_dict(self)
 
 
 @dataclass(frozen=True)
@@ -124,6 +123,14 @@ class TextStep:
     """Per row: the generated part so far, masked positions shown as '░'."""
     prompt_length: int
     """Columns of `step.tokens` that hold the (left-padded) prompt."""
+
+
+def _read_settings(path: Path) -> PipelineSettings:
+    """A folder's `mmada_pipeline.json`; a malformed one is refused naming the file and the key."""
+    try:
+        return PipelineSettings.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, UnicodeDecodeError) as err:  # json.JSONDecodeError is a ValueError
+        raise CheckpointError(f"{path}: {err}") from None
 
 
 def _settings(base: SettingsT, overrides: Mapping[str, Any]) -> SettingsT:
@@ -170,7 +177,7 @@ class MMaDAPipeline:
         vocab = vocab_for(tokenizer, model)
         base = PipelineSettings()
         if (folder / PIPELINE_FILE).is_file():
-            base = PipelineSettings.from_dict(json.loads((folder / PIPELINE_FILE).read_text(encoding="utf-8")))
+            base = _read_settings(folder / PIPELINE_FILE)
         if isinstance(image_tokenizer, (MagvitV2, PatchCodebook)):
             vq = image_tokenizer.to(model.device)
         else:

@@ -100,13 +100,13 @@ def _stage_config(stage: str, recipe: RecipeConfig) -> Any:
 def pipeline_settings(config: Any) -> PipelineSettings:
     """Sampler defaults for the exported model, from the SFT data layout (answers fit `gen_length`)."""
     data = config.data
-    cot = data.get("name") == "world_sft" and data.get("cot", True)
+    cot = getattr(data, "cot", False)  # world_sft with CoT traces
     gen = 128 if cot else 32  # reasoning traces need room; short answers do not
     # t2i caption budget: captions are left-padded and padding is hidden (objective.padding: hide), so any
     # budget >= the caption gives the same image; world captions are <= 10 tokens, 64 keeps prompts short
     return PipelineSettings(
-        max_text_len=min(int(data["max_text_len"]), T2I_MAX_TEXT_LEN),
-        resolution=int(data.get("resolution", 32)),
+        max_text_len=min(data.max_text_len, T2I_MAX_TEXT_LEN),
+        resolution=data.resolution,
         text=TextSampling(gen_length=gen, steps=gen // 2, block_length=32, temperature=0.0),
         image=ImageSampling(timesteps=12, guidance_scale=2.0),
     )

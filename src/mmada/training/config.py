@@ -9,7 +9,7 @@ One `TrainConfig` describes a run:
     objective   ObjectiveConfig    the masked-diffusion loss (`training.objectives`)
     log         LogConfig          run folder, metrics sinks, preview / evaluation cadence
     checkpoint  CheckpointConfig   checkpoint cadence and retention
-    data        dict               the data source spec (sources, rows per task), for `training.data.build_source`
+    data        DataSpec           the batch source (sources, rows per task), for `training.data.build_source`
     seed, device
 
 The defaults are the settings every official MMaDA-8B stage shares (MMADA.md §2.3; Gen-Verse/MMaDA
@@ -21,22 +21,23 @@ line overrides the file:
 
     load_config(["stage1_2"], ["optim.lr=3e-5", "batch.grad_accum=8"])
 
-Values are converted from the field types (YAML's "1e-4" string becomes a float), unknown keys are
-refused with the list of valid ones, and invalid values are refused naming the key (`optim.lr`).
+Loading is `mmada.utils.config`'s: values are converted from the field types (YAML's "1e-4" string
+becomes a float), unknown keys are refused with the list of valid ones, and invalid values are refused
+naming the key (`optim.lr`, `data.batch_sizes.t2i`), all before any weights load.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
-import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal
 
 from ..model.config import ModelConfig
+from ..utils.config import build, merge, read_yaml, set_override, to_dict
 from ..utils.device import resolve_dtype
+from .data import DataSpec
 from .objectives import ObjectiveConfig
 
 PRESETS = ("tiny", "mmada_8b")
@@ -243,8 +244,9 @@ class TrainConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    data: dict[str, Any] = field(default_factory=dict)
-    """The data source spec (`training.data.build_source`); free-form, checked by the data source."""
+    data: DataSpec | None = None
+    """The batch source (`training.data.build_source`): `name` picks its spec class (`mixture`: `MixtureSpec`,
+    `world_pretrain` / `world_sft`: `WorldSpec` / `WorldSftSpec`), whose keys are checked on loading."""
     seed: int = 10086
     """Seeds the model initialisation (entry point), the masking generator and the data order."""
     device: str = "auto"
@@ -252,29 +254,17 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (tuples as lists), the inverse of `config_from_dict`."""
-        return _plain(dataclasses.asdict(self))
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
+        return to_dict(self)
 
 
 # ---- loading ----------------------------------------------------------------------------------------
-_NULLS = ("null", "none", "~", "")
-_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
-
-
 def load_config(paths: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> TrainConfig:
     """Defaults <- each YAML file in order (nested sections, deep-merged) <- `key.sub=value` overrides."""
     raw: dict[str, Any] = {}
     for path in paths:
-        _deep_merge(raw, read_yaml(path))
+        merge(raw, read_yaml(resolve_config_path(path)))
     for item in overrides:
-        apply_override(raw, item)
+        set_override(raw, item, TrainConfig)
     return config_from_dict(raw)
 
 
@@ -293,185 +283,9 @@ def resolve_config_path(path: str | Path) -> Path:
     raise ValueError(f"config file {path} not found (shipped configs: {names})")
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    import yaml  # optional at import time: only loading files needs it
-
-    path = resolve_config_path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise ValueError(f"config file {path} not found") from err
-    except yaml.YAMLError as err:
-        raise ValueError(f"config file {path} is not valid YAML: {err}") from err
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ValueError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
-    return data
-
-
 def config_from_dict(raw: Mapping[str, Any]) -> TrainConfig:
     """Build a `TrainConfig` from nested mappings, converting values to the field types."""
-    return _build(TrainConfig, raw, "")
-
-
-def apply_override(raw: dict[str, Any], item: str) -> None:
-    """Apply one `section.key=value` to the nested dict `raw`, checking the key against the schema.
-
-    Typed fields keep the string (converted later from the field type); keys inside free-form mappings
-    (`data.*`, `model.overrides.*`) are parsed as YAML scalars (`4` -> 4, `null` -> None).
-    """
-    key, sep, value = item.partition("=")
-    path = key.strip().split(".")
-    if not sep or not all(path):
-        raise ValueError(f"override {item!r} must look like section.key=value (e.g. optim.lr=3e-4)")
-    cls: Any = TrainConfig
-    for depth, part in enumerate(path):
-        hints = get_type_hints(cls)
-        if part not in hints:
-            raise _unknown_key(cls, ".".join(path[: depth + 1]))
-        tp = hints[part]
-        if dataclasses.is_dataclass(tp):
-            cls = tp
-            continue
-        if _is_mapping(tp) or tp is Any or _is_sequence(tp):
-            value = _yaml_scalar(value)  # free-form or structured: parse, then the field type checks it
-        elif depth < len(path) - 1:
-            raise ValueError(f"`{'.'.join(path[: depth + 1])}` is a value, not a section (override {item!r})")
-        break
-    else:
-        raise ValueError(f"`{key}` is a section; override one of its keys (e.g. {key}.{fields(cls)[0].name}=...)")
-    node = raw
-    for part in path[:-1]:
-        if not isinstance(node.get(part), dict):
-            node[part] = {}
-        node = node[part]
-    node[path[-1]] = value
-
-
-def _yaml_scalar(text: str) -> Any:
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def _deep_merge(base: dict[str, Any], new: Mapping[str, Any]) -> None:
-    for key, value in new.items():
-        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
-            _deep_merge(base[key], value)
-        else:
-            base[key] = dict(value) if isinstance(value, Mapping) else value
-
-
-def _unknown_key(cls: Any, key: str) -> ValueError:
-    where = f" of `{key.rpartition('.')[0]}`" if "." in key else ""
-    valid = ", ".join(f.name for f in fields(cls))
-    return ValueError(f"unknown config key `{key}`; valid keys{where}: {valid}")
-
-
-def _build(cls: Any, raw: Any, prefix: str) -> Any:
-    if not isinstance(raw, Mapping):
-        raise ValueError(f"`{prefix or 'config'}` must be a mapping of keys, got {raw!r}")
-    hints = get_type_hints(cls)
-    defaults = {f.name: f.default_factory() for f in fields(cls) if f.default_factory is not dataclasses.MISSING}
-    kwargs = {}
-    for name, value in raw.items():
-        key = f"{prefix}.{name}" if prefix else str(name)
-        if name not in hints:
-            raise _unknown_key(cls, key)
-        tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, value, key)
-            continue
-        kwargs[name] = _coerce(value, tp, key)
-        if _is_mapping(tp) and isinstance(defaults.get(name), dict):
-            kwargs[name] = {**defaults[name], **kwargs[name]}  # a mapping overrides the default's keys
-    try:
-        return cls(**kwargs)
-    except ValueError as err:
-        if not prefix:
-            raise
-        # Section validators name their own fields (`lr`); qualify them with the section (`optim.lr`).
-        names = set(hints)
-        message = re.sub(r"`(\w+)", lambda m: f"`{prefix}.{m.group(1)}" if m.group(1) in names else m.group(0),
-                         str(err))
-        raise ValueError(message) from None
-
-
-def _is_mapping(tp: Any) -> bool:
-    return tp is dict or get_origin(tp) is dict
-
-
-def _is_sequence(tp: Any) -> bool:
-    return get_origin(tp) in (tuple, list)
-
-
-def _type_name(tp: Any) -> str:
-    return tp.__name__ if get_origin(tp) is None and hasattr(tp, "__name__") else str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """`value` (from YAML, or a command-line string) as type `tp`; ValueError naming `key` otherwise."""
-    origin, args = get_origin(tp), get_args(tp)
-    if tp is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in _NULLS)):
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0] if len(inner) == 1 else Any, key)
-    if origin is Literal:
-        if value not in args:
-            raise ValueError(f"`{key}` must be one of {', '.join(map(repr, args))}, got {value!r}")
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
-            return value.lower() in _TRUE
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str) and re.fullmatch(r"[+-]?\d[\d_]*", value.strip()):
-            return int(value)
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-    elif origin in (tuple, list):
-        return _coerce_sequence(value, tp, key)
-    elif _is_mapping(tp):
-        value = _yaml_scalar(value) if isinstance(value, str) else value
-        if isinstance(value, Mapping):
-            kt, vt = args or (Any, Any)
-            return {_coerce(k, kt, key): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
-    raise ValueError(f"`{key}` expects {_type_name(tp)}, got {value!r}")
-
-
-def _coerce_sequence(value: Any, tp: Any, key: str) -> Any:
-    args = get_args(tp)
-    if isinstance(value, str):
-        parsed = _yaml_scalar(value)
-        value = parsed if isinstance(parsed, list) else [v.strip() for v in value.split(",")] if value else []
-    if not isinstance(value, (list, tuple)):
-        raise ValueError(f"`{key}` expects {_type_name(tp)}, got {value!r}")
-    if get_origin(tp) is list or (len(args) == 2 and args[1] is Ellipsis):
-        items = [_coerce(v, args[0] if args else Any, key) for v in value]
-    else:
-        if len(value) != len(args):
-            raise ValueError(f"`{key}` expects {len(args)} values ({_type_name(tp)}), got {list(value)!r}")
-        items = [_coerce(v, t, key) for v, t in zip(value, args)]
-    return tuple(items) if get_origin(tp) is tuple else items
+    return build(TrainConfig, raw)
 
 
 # ---- from a config to objects ------------------------------------------------------------------------

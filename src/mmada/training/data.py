@@ -28,12 +28,14 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Protocol
+from typing import Annotated, Any, Literal, Protocol, Union
 
 import torch
+from pydantic import Field
 
 from ..image_tokenizer import image_to_tensor
 from ..prompting import TokenLayout, Vocab
+from ..utils.config import build
 from .data_adapters import ADAPTERS, Record, Skip, SkipCounter, SourceSpec, check_dependencies
 from .data_tasks import (
     CAPTION_QUESTIONS,
@@ -45,12 +47,11 @@ from .data_tasks import (
     count_image_tokens,
     encode_image_ids,
     fits,
-    parse_spec,
     record_text,
     text_budget,
     torch_generator,
 )
-from .data_world import WorldSource
+from .data_world import WorldSftSpec, WorldSource, WorldSpec
 from .tasks import TRAINING_TASKS, training_task
 
 MAX_SKIPS_PER_BATCH = 10_000
@@ -168,8 +169,8 @@ class RecordStream:
 class MixtureSpec:
     """The `data:` section of the `mixture` source."""
 
-    name: str
-    """Always "mixture" (the key `build_source` dispatches on)."""
+    name: Literal["mixture"]
+    """The source (`build_source` dispatches on it)."""
     max_text_len: int
     """M: text tokens of t2i / mmu rows (official `max_seq_length`: 128 in stage 1.1, 512 from 1.3)."""
     tasks: Mapping[str, Any]
@@ -185,6 +186,8 @@ class MixtureSpec:
                 raise ValueError(f"`{name}` must be >= 2, got {getattr(self, name)}")
         if not self.tasks:
             raise ValueError("`tasks` is empty; give at least one of " + ", ".join(TRAINING_TASKS))
+        for name, slot in self.tasks.items():  # checked with the rest of the config, before any weights load
+            _parse_slot(name, slot, f"data.tasks.{name}")
 
 
 @dataclass
@@ -212,12 +215,12 @@ def _parse_slot(name: str, mapping: Any, where: str) -> tuple[TaskSpec, dict[str
             raise ValueError(f"`{where}.{extra[0]}`: with a `mixture`, source keys go under each of its entries")
         if not isinstance(rest["mixture"], Mapping) or not rest["mixture"]:
             raise ValueError(f"`{where}.mixture` must map sub-source names to source specs")
-        sources = {str(k): parse_spec(SourceSpec, v, f"{where}.mixture.{k}") for k, v in rest["mixture"].items()}
+        sources = {str(k): build(SourceSpec, v, f"{where}.mixture.{k}") for k, v in rest["mixture"].items()}
     elif "source" not in rest:
         raise ValueError(f"`{where}.source` is required (or a `mixture` of sources); one of {sorted(ADAPTERS)}")
     else:
-        sources = {name: parse_spec(SourceSpec, rest, where)}
-    spec = parse_spec(TaskSpec, {k: v for k, v in mapping.items() if k in task_keys}, where)
+        sources = {name: build(SourceSpec, rest, where)}
+    spec = build(TaskSpec, {k: v for k, v in mapping.items() if k in task_keys}, where)
     tasks = {s.task or name for s in sources.values()}
     for key in sorted(set(mapping) & task_keys - {"batch_size"}):
         if not any(key in TRAINING_TASKS[t].options for t in tasks):
@@ -351,26 +354,25 @@ class MixtureSource:
         self._iters.clear()  # reopen every stream at its restored cursor
 
 
-def _build_mixture(spec: Mapping[str, Any], **kwargs: Any) -> BatchSource:
-    return MixtureSource(parse_spec(MixtureSpec, spec, "data"), **kwargs)
-
+DataSpec = Annotated[Union[MixtureSpec, WorldSpec, WorldSftSpec], Field(discriminator="name")]  # noqa: UP007
+"""The `data:` section of a training config; its `name` picks the spec class (and the source)."""
 
 SOURCES: Mapping[str, Callable[..., BatchSource]] = {
-    "mixture": _build_mixture,
-    "world_pretrain": lambda spec, **kwargs: WorldSource.from_spec(spec, stage="pretrain", **kwargs),
-    "world_sft": lambda spec, **kwargs: WorldSource.from_spec(spec, stage="sft", **kwargs),
+    "mixture": MixtureSource,
+    "world_pretrain": WorldSource.from_spec,
+    "world_sft": WorldSource.from_spec,
 }
 """`data.name` -> builder(spec, tokenizer=, vocab=, image_tokenizer=, seed=, rank=, world_size=)."""
 
 
 def build_source(
-    spec: Mapping[str, Any], *, tokenizer: Any, vocab: Vocab, image_tokenizer: Any, seed: int, rank: int = 0,
-    world_size: int = 1,
+    spec: DataSpec | Mapping[str, Any] | None, *, tokenizer: Any, vocab: Vocab, image_tokenizer: Any, seed: int,
+    rank: int = 0, world_size: int = 1,
 ) -> BatchSource:
-    """The batch source described by the YAML `data:` section `spec`.
+    """The batch source described by the `data:` section `spec`.
 
     Args:
-        spec: `{"name": one of SOURCES, ...}`; see the source's spec class for its keys.
+        spec: a `DataSpec` (`TrainConfig.data`), or its plain mapping `{"name": one of SOURCES, ...}`.
         tokenizer: the text tokenizer (`TextTokenizer`); vocab: its `Vocab`.
         image_tokenizer: a `MagvitV2`, or any callable (B, 3, H, W) pixels in [-1, 1] -> (B, N) codes; None
             for text-only sources.
@@ -379,13 +381,13 @@ def build_source(
     Raises:
         ValueError: a bad spec; the message names the key (`data.tasks.t2i.batch_size`, ...).
     """
-    if not isinstance(spec, Mapping):
-        raise ValueError(f"`data` must be a mapping, got {type(spec).__name__}")
-    if "name" not in spec:
-        raise ValueError(f"`data.name` is required; one of {sorted(SOURCES)}")
-    if spec["name"] not in SOURCES:
-        raise ValueError(f"`data.name`: unknown source {spec['name']!r}; expected one of {sorted(SOURCES)}")
+    if spec is None:
+        raise ValueError(f"the config has no `data` section; give `data.name`, one of {sorted(SOURCES)}")
+    if isinstance(spec, Mapping):
+        if "name" not in spec:
+            raise ValueError(f"`data.name` is required; one of {sorted(SOURCES)}")
+        spec = build(DataSpec, spec, "data")  # type: ignore[arg-type]
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"`rank` ({rank}) must lie in [0, world_size) with world_size ({world_size}) >= 1")
-    return SOURCES[spec["name"]](spec, tokenizer=tokenizer, vocab=vocab, image_tokenizer=image_tokenizer, seed=seed,
+    return SOURCES[spec.name](spec, tokenizer=tokenizer, vocab=vocab, image_tokenizer=image_tokenizer, seed=seed,
                                  rank=rank, world_size=world_size)

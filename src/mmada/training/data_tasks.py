@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import random
 import re
-import types
-import typing
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import MISSING, dataclass, fields
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -294,53 +292,3 @@ def check_state(state: Mapping[str, Any], **expected: Any) -> None:
     for key, value in expected.items():
         if state.get(key) != value:
             raise ValueError(f"data state has {key}={state.get(key)!r}, this source {key}={value!r}")
-
-
-# ---------------------------------------------------------------------------------------------------
-# Spec parsing: a YAML mapping -> a frozen dataclass, errors naming the key
-# ---------------------------------------------------------------------------------------------------
-
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        return _coerce(value, next(a for a in args if a is not type(None)), where)
-    if origin is Literal:
-        if value not in args:
-            raise ValueError(f"`{where}` must be one of {list(args)}, got {value!r}")
-        return value
-    if origin is tuple:
-        items = [value] if isinstance(value, str) else value
-        if not isinstance(items, (list, tuple)):
-            raise ValueError(f"`{where}` must be a string or a list, got {type(value).__name__}")
-        return tuple(_coerce(item, args[0], where) for item in items)
-    if origin in (Mapping, dict):
-        if not isinstance(value, Mapping):
-            raise ValueError(f"`{where}` must be a mapping, got {type(value).__name__}")
-        return {str(k): _coerce(v, args[1], f"{where}.{k}") for k, v in value.items()}
-    checks = {bool: isinstance(value, bool), int: isinstance(value, int) and not isinstance(value, bool),
-              float: isinstance(value, (int, float)) and not isinstance(value, bool), str: isinstance(value, str)}
-    if hint in checks and not checks[hint]:
-        raise ValueError(f"`{where}` must be {hint.__name__}, got {value!r}")
-    return hint(value) if hint in checks else value
-
-
-def parse_spec(cls: type, mapping: Mapping[str, Any], where: str) -> Any:
-    """Build the frozen dataclass `cls` from `mapping`; every error names the key path (`where.key`)."""
-    if not isinstance(mapping, Mapping):
-        raise ValueError(f"`{where}` must be a mapping, got {type(mapping).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in fields(cls)]
-    unknown = sorted(set(mapping) - set(names))
-    if unknown:
-        raise ValueError(f"`{where}.{unknown[0]}` is not a known key; expected one of {names}")
-    missing = [f.name for f in fields(cls) if f.name not in mapping and f.default is f.default_factory is MISSING]
-    if missing:
-        raise ValueError(f"`{where}.{missing[0]}` is required")
-    kwargs = {key: _coerce(value, hints[key], f"{where}.{key}") for key, value in mapping.items()}
-    try:
-        return cls(**kwargs)
-    except ValueError as err:
-        raise ValueError(f"{where}: {err}") from err

@@ -49,7 +49,6 @@ from .data_tasks import (
     count_image_tokens,
     encode_image_ids,
     fits,
-    parse_spec,
     r2i_transcript,
     text_budget,
     text_length,
@@ -69,7 +68,6 @@ DEFAULT_WEIGHTS: Mapping[str, Mapping[str, float]] = {
     "mmu": {"caption": 0.25, "vqa": 0.5, "digits": 0.25},
 }
 """Share of each record kind among the rows of a task."""
-_SFT_ONLY = ("cot", "plain_fraction", "thinking")
 MAX_REDRAWS = 100
 """Consecutive rows too long for their budget before giving up: `max_text_len` is then too small."""
 Row = tuple[str, tuple[str, int] | None]
@@ -78,9 +76,10 @@ Row = tuple[str, tuple[str, int] | None]
 
 @dataclass(frozen=True)
 class WorldSpec:
-    """The `data:` section of `world_pretrain` / `world_sft`."""
+    """The `data:` section of `world_pretrain` (`WorldSftSpec`: of `world_sft`)."""
 
-    name: str
+    name: Literal["world_pretrain"]
+    """The source (`build_source` dispatches on it)."""
     max_text_len: int
     """M: text tokens of t2i / mmu / r2i rows; lm and lm_chat rows get L = M + N + 3."""
     batch_sizes: Mapping[str, int] = field(default_factory=dict)
@@ -93,12 +92,6 @@ class WorldSpec:
     """Records drawn per kind (scenes, VQA, arithmetic; digits: at most all of the split)."""
     cond_dropout_prob: float = 0.1
     """t2i caption dropout for classifier-free guidance."""
-    thinking: bool = True
-    """Prefix CoT prompts with `THINKING_INSTRUCTION` (r2i: the official R2I instruction)."""
-    cot: bool = True
-    """world_sft: answer with `<think>` traces; false is the no-CoT ablation."""
-    plain_fraction: float = 0.25
-    """world_sft with cot: share of rows answered with the short answer only."""
     weights: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     """Overrides of `DEFAULT_WEIGHTS`, e.g. {"mmu": {"caption": 0, "vqa": 1, "digits": 1}}."""
     seq_len: int | None = None
@@ -119,13 +112,35 @@ class WorldSpec:
                 raise ValueError(f"`batch_sizes.{task}`: unknown task; expected one of {list(WorldSource.ROWS)}")
             if size < 0:
                 raise ValueError(f"`batch_sizes.{task}` must be >= 0, got {size}")
-        for key in ("plain_fraction", "cond_dropout_prob"):
-            if not 0.0 <= getattr(self, key) <= 1.0:
-                raise ValueError(f"`{key}` must lie in [0, 1], got {getattr(self, key)}")
+        if not 0.0 <= self.cond_dropout_prob <= 1.0:
+            raise ValueError(f"`cond_dropout_prob` must lie in [0, 1], got {self.cond_dropout_prob}")
         for task, kinds in self.weights.items():
             for kind, weight in kinds.items():
                 if task not in DEFAULT_WEIGHTS or kind not in DEFAULT_WEIGHTS[task] or weight < 0:
                     raise ValueError(f"`weights.{task}.{kind}`: expected a weight >= 0 of one of {DEFAULT_WEIGHTS}")
+
+    @property
+    def stage(self) -> Stage:
+        return "sft" if self.name == "world_sft" else "pretrain"
+
+
+@dataclass(frozen=True)
+class WorldSftSpec(WorldSpec):
+    """The `data:` section of `world_sft`: `WorldSpec` plus how the answers are written."""
+
+    name: Literal["world_sft"]  # type: ignore[assignment]
+    """The source (`build_source` dispatches on it)."""
+    thinking: bool = True
+    """Prefix CoT prompts with `THINKING_INSTRUCTION` (r2i: the official R2I instruction)."""
+    cot: bool = True
+    """world_sft: answer with `<think>` traces; false is the no-CoT ablation."""
+    plain_fraction: float = 0.25
+    """world_sft with cot: share of rows answered with the short answer only."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.plain_fraction <= 1.0:
+            raise ValueError(f"`plain_fraction` must lie in [0, 1], got {self.plain_fraction}")
 
 
 def describe_scene(scene: Scene) -> str:
@@ -169,12 +184,8 @@ class WorldSource:
         self._seq_len = spec.seq_len
 
     @classmethod
-    def from_spec(cls, spec: Mapping[str, Any], *, stage: Stage, **kwargs: Any) -> WorldSource:
-        if stage == "pretrain":
-            for key in _SFT_ONLY:
-                if key in spec:
-                    raise ValueError(f"`data.{key}` is a world_sft key; world_pretrain has no CoT rows")
-        return cls(parse_spec(WorldSpec, spec, "data"), stage=stage, **kwargs)
+    def from_spec(cls, spec: WorldSpec, **kwargs: Any) -> WorldSource:
+        return cls(spec, stage=spec.stage, **kwargs)
 
     @property
     def seq_len(self) -> int:
