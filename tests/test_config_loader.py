@@ -111,3 +111,18 @@ def test_pipeline_settings_load_by_the_same_loader(tmp_path):
     (folder / "mmada_pipeline.json").write_text("{not json")
     with pytest.raises(CheckpointError, match=r"mmada_pipeline\.json: "):
         MMaDAPipeline.from_pretrained(folder)
+
+
+def test_a_preset_takes_its_special_ids_from_its_tokenizer():
+    """The YAML configs do not repeat vocabulary ids: [MASK] / EOS / padding come from the text tokenizer."""
+    from mmada.prompting import TextTokenizer
+    from mmada.training.config import build_model, resolve_asset
+
+    section = load_config(["tiny_pretrain"], ["model.overrides.n_layers=1"]).model
+    assert "mask_token_id" not in section.overrides
+    config = build_model(section, "cpu").config
+    tokenizer = TextTokenizer.from_pretrained(resolve_asset("world", "text"))
+    ids = (config.mask_token_id, config.eos_token_id)
+    assert ids == (tokenizer.mask_token_id, tokenizer.eos_token_id) == (764, 750)
+    kept = load_config(["tiny_pretrain"], ["model.overrides.n_layers=1", "model.overrides.eos_token_id=3"]).model
+    assert build_model(kept, "cpu").config.eos_token_id == 3  # named overrides win

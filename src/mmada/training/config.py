@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..model.config import ModelConfig
+from ..prompting.vocab import MASK_TOKEN
 from ..utils.config import build, merge, read_yaml, set_override, to_dict
 from ..utils.device import resolve_dtype
 from .data import DataSpec
@@ -324,8 +325,14 @@ def build_model(section: ModelSection, device: Any) -> Any:
 
     dtype = resolve_dtype(section.dtype)
     if section.init in PRESETS:
+        config = section.model_config()
+        if section.tokenizer:
+            from ..prompting import TextTokenizer
+
+            config = with_special_ids(config, TextTokenizer.from_pretrained(resolve_asset(section.tokenizer, "text")),
+                                      keep=section.overrides)
         with torch.device(device):
-            model = MMaDAModel(section.model_config())
+            model = MMaDAModel(config)
         model.reset_parameters(section.init_std)
         model = model.to(dtype)
     else:
@@ -337,6 +344,18 @@ def build_model(section: ModelSection, device: Any) -> Any:
         apply_lora(model, LoRAConfig(rank=section.lora_rank, alpha=section.lora_alpha,
                                      dropout=section.lora_dropout, targets=tuple(section.lora_targets)))
     return model.train()
+
+
+SPECIAL_IDS = ("mask_token_id", "eos_token_id", "pad_token_id")
+"""`ModelConfig` fields a preset takes from its text tokenizer (configs need not repeat vocabulary ids)."""
+
+
+def with_special_ids(config: ModelConfig, tokenizer: Any, keep: Mapping[str, Any] = {}) -> ModelConfig:
+    """`config` with the [MASK], EOS and padding ids of `tokenizer` (those named in `keep` stay as given)."""
+    mask = tokenizer.mask_token_id if tokenizer.mask_token_id is not None else tokenizer.token_to_id(MASK_TOKEN)
+    ids = {"mask_token_id": mask, "eos_token_id": tokenizer.eos_token_id,
+           "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id}
+    return dataclasses.replace(config, **{k: v for k, v in ids.items() if v is not None and k not in keep})
 
 
 WORLD_ASSET = "world"
