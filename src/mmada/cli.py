@@ -405,10 +405,11 @@ def _add_train_command(sub: Any) -> None:
     from .training.data_tasks import TaskSpec
     from .training.data_world import WorldSftSpec
 
-    sections = [f for f in dataclasses.fields(TrainConfig) if dataclasses.is_dataclass(f.default_factory)]
     lines = ["config keys (section.key=value; see src/mmada/training/config.py):"]
-    for section in sections:
-        lines += _key_lines(section.name, type(section.default_factory()))  # type: ignore[misc]
+    for section in dataclasses.fields(TrainConfig):
+        factory = section.default_factory  # a section's default is its dataclass, built by calling it
+        if isinstance(factory, type) and dataclasses.is_dataclass(factory):
+            lines += _key_lines(section.name, factory)
     lines.append(f"  {'seed, device':<30} Top-level keys [10086, 'auto'].")
     lines += ["", "data: world_pretrain / world_sft (the tiny world; world_sft adds cot, thinking, plain_fraction):"]
     lines += _key_lines("data", WorldSftSpec)

@@ -115,8 +115,8 @@ def _text_to_image(pipe: MMaDAPipeline, report: DemoReport, generator: torch.Gen
         )
     image = pipe.text_to_image(DIGIT_PROMPT, generator=generator)[0]
     _save_tile(image, report.out_dir / "t2i_digit.png", shown)
-    verdict = score_digit(np.asarray(image), DIGIT)
-    report.show("text-to-image of a digit (t2i_digit.png)", f"prompt: {DIGIT_PROMPT}", verdict, "digit t2i")
+    digit_score = score_digit(np.asarray(image), DIGIT)
+    report.show("text-to-image of a digit (t2i_digit.png)", f"prompt: {DIGIT_PROMPT}", digit_score, "digit t2i")
     strip = Image.new("RGB", (128 * len(shown) + 8 * (len(shown) - 1), 128), "white")
     for i, tile in enumerate(shown):
         strip.paste(tile, (136 * i, 0))
@@ -161,9 +161,9 @@ def run_demo(
         part(pipe, report)
         for line in report.lines[before:]:
             log(line)
-    for part in (_text_to_image, _editing):
+    for seeded_part in (_text_to_image, _editing):
         before = len(report.lines)
-        part(pipe, report, generator)
+        seeded_part(pipe, report, generator)
         for line in report.lines[before:]:
             log(line)
     total = sum(report.scores.values()) / max(len(report.scores), 1)

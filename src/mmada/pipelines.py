@@ -22,7 +22,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from PIL import Image
@@ -178,6 +178,7 @@ class MMaDAPipeline:
         base = PipelineSettings()
         if (folder / PIPELINE_FILE).is_file():
             base = _read_settings(folder / PIPELINE_FILE)
+        vq: ImageTokenizer | None
         if isinstance(image_tokenizer, (MagvitV2, PatchCodebook)):
             vq = image_tokenizer.to(model.device)
         else:
@@ -355,7 +356,7 @@ class MMaDAPipeline:
         return last_step(self.iter_infill(text, **kwargs)).previews[0]
 
     # ---- images ---------------------------------------------------------------------------------
-    def encode_image(self, image: Any, *, mode: str = "crop") -> Tensor:
+    def encode_image(self, image: Any, *, mode: Literal["crop", "squash"] = "crop") -> Tensor:
         """An image (path, bytes, PIL, array) -> (1, N) codes at the pipeline's resolution.
 
         An integer tensor is taken as codes already: (N,) or (1, N), checked against the codebook.

@@ -46,7 +46,7 @@ import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -272,7 +272,8 @@ def _save_rng(folder: Path, rank: int, generators: Mapping[str, torch.Generator]
     tensors.update({f"generator.{name}": g.get_state() for name, g in generators.items()})
     save_file(tensors, str(folder / f"rng-{rank}.safetensors"))
     version, state, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    # The global RandomState is an MT19937, whose legacy state is this tuple (the stubs allow a dict too).
+    kind, keys, pos, has_gauss, cached = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
     host = {"python": [version, list(state), gauss],
             "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
     _write_json(folder / f"rng-{rank}.json", host, what="the RNG state")

@@ -136,6 +136,9 @@ class LookupFreeQuantizer(nn.Module):
         power_vals: (C,) int64 place values, MSB first.
     """
 
+    embedding: Tensor  # the buffers, declared for the type checker
+    power_vals: Tensor
+
     def __init__(self, config: LFQConfig | None = None) -> None:
         super().__init__()
         self.config = config if config is not None else LFQConfig()

@@ -13,7 +13,9 @@ Simplification: no timestep embedding (`temb` is always None there) and no conv 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -174,7 +176,7 @@ class Encoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.conv_in(x)
-        for level in self.down:
+        for level in cast(Iterable[_DownLevel], self.down):  # a ModuleList is untyped
             h = level.run_blocks(h)
             if level.downsample is not None:
                 h = level.downsample(h)
@@ -207,7 +209,7 @@ class Decoder(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         h = self.mid(self.conv_in(self.post_quant_conv(z)))
-        for level in reversed(self.up):
+        for level in reversed(cast(Sequence[_UpLevel], self.up)):  # a ModuleList is untyped
             h = level.run_blocks(h)
             if level.upsample is not None:
                 h = level.upsample(h)

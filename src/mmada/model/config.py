@@ -144,7 +144,7 @@ class ModelConfig:
     @classmethod
     def tiny(cls, **overrides: Any) -> ModelConfig:
         """A 2-layer test model: d_model 32, 64 text ids + 16 image codes (80 rows)."""
-        base = dict(
+        base: dict[str, Any] = dict(
             d_model=32,
             n_heads=4,
             n_kv_heads=2,

@@ -130,7 +130,8 @@ class Overrides(Generic[SettingsT]):
     """
 
     def __init__(self, kind: type[SettingsT], /, **values: Any) -> None:
-        self.kind, self.values = kind, dict(values)
+        self.kind: type[SettingsT] = kind
+        self.values = dict(values)
         check_names(kind, values)
 
     def apply(self, base: SettingsT) -> SettingsT:

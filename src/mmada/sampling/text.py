@@ -25,7 +25,7 @@ Faithful to Gen-Verse/MMaDA generate.py and models/modeling_mmada.py (`mmu_gener
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from functools import partial
 from typing import TypeVar
 
@@ -201,7 +201,8 @@ def denoise_step(
     masked = tokens == mask_id  # (B, L)
     window = _logit_window(masked, block)
     logits = model(tokens, attention_mask, positions=window)  # (B, W, V)
-    proposal, scores = propose(logits, tokens.shape, window)  # (B, W), (B, W)
+    batch, length = tokens.shape
+    proposal, scores = propose(logits, (batch, length), window)  # (B, W), (B, W)
     scores = scores.masked_fill(~masked[:, window], float("-inf"))
     commit = select(scores)  # (B, W)
     committed = torch.zeros_like(masked)
@@ -241,7 +242,7 @@ def _proposer(temperature: float, remasking: Remasking, generator: torch.Generat
     return propose
 
 
-def last_step(steps: Iterator[StepT]) -> StepT:
+def last_step(steps: Iterable[StepT]) -> StepT:
     """Run an iterator of steps to the end and return the final step."""
     final = None
     for final in steps:  # noqa: B007 - only the last one is wanted

@@ -52,7 +52,7 @@ from .data_tasks import (
     torch_generator,
 )
 from .data_world import WorldSftSpec, WorldSource, WorldSpec
-from .tasks import TRAINING_TASKS, training_task
+from .tasks import TRAINING_TASKS, is_task, training_task
 
 MAX_SKIPS_PER_BATCH = 10_000
 """A slot that cannot fill one micro-batch past this many unusable records stops with an error."""
@@ -203,7 +203,7 @@ class _Slot:
 
 
 def _parse_slot(name: str, mapping: Any, where: str) -> tuple[TaskSpec, dict[str, SourceSpec]]:
-    if name not in TRAINING_TASKS:
+    if not is_task(name):
         raise ValueError(f"`{where}`: unknown task slot {name!r}; expected one of {list(TRAINING_TASKS)}")
     if not isinstance(mapping, Mapping):
         raise ValueError(f"`{where}` must be a mapping, got {type(mapping).__name__}")
@@ -263,7 +263,7 @@ class MixtureSource:
                 task = source.task or name
                 if task in emitted and emitted[task] != name:
                     raise ValueError(f"`{key}`: task {task!r} is already produced by slot {emitted[task]!r}")
-                if TRAINING_TASKS[task].image and self.encoder is None:
+                if training_task(task).image and self.encoder is None:
                     raise ValueError(f"`{key}`: task {task!r} needs an image tokenizer, got None")
                 emitted[task] = name
                 check_dependencies(source)
@@ -324,6 +324,7 @@ class MixtureSource:
                 continue
             texts.append(ids)
             if entry.image:
+                assert record.image is not None  # rows of records without an image were skipped above
                 pixels.append(image_to_tensor(record.image, self.spec.resolution, mode=source.resolved_image_mode))
         image_ids = encode_image_ids(self.encoder, torch.stack(pixels), self.vocab) if pixels else None
         layout = assemble(task, texts, image_ids, vocab=self.vocab, max_text_len=self.spec.max_text_len,

@@ -283,7 +283,7 @@ def _open_image(root: str | None, relative: object, origin: str) -> Image.Image 
 
 def _messages(obj: dict[str, Any], origin: str) -> tuple[dict[str, str], ...] | Skip:
     if "conversations" in obj:  # LLaVA: [{"from": "human" | "gpt", "value": ...}], "<image>" marker removed
-        turns = obj["conversations"] if isinstance(obj["conversations"], list) else [None]
+        turns: list[Any] = obj["conversations"] if isinstance(obj["conversations"], list) else [None]
         try:
             messages = [
                 {"role": "user" if t["from"] == "human" else "assistant", "content": t["value"].replace("<image>", "")}

@@ -226,8 +226,10 @@ def as_image_encoder(image_tokenizer: Any) -> ImageEncoder | None:
     raise ValueError(f"`image_tokenizer` must be a MagvitV2 or a pixels -> codes callable, got {type(image_tokenizer)}")
 
 
-def encode_image_ids(encoder: ImageEncoder, pixels: Tensor, vocab: Vocab) -> Tensor:
+def encode_image_ids(encoder: ImageEncoder | None, pixels: Tensor, vocab: Vocab) -> Tensor:
     """(B, 3, H, W) pixels in [-1, 1] -> (B, N) int64 token ids (codes + `vocab.image_offset`), one encoder call."""
+    if encoder is None:  # the sources refuse image tasks without an image tokenizer before any batch
+        raise ValueError("an image tokenizer is needed to encode images, got None")
     with torch.inference_mode():
         codes = encoder(pixels)
     if codes.dim() != 2 or codes.shape[0] != pixels.shape[0] or codes.is_floating_point():
@@ -264,17 +266,24 @@ def assemble(
     """
     layout = training_task(task).layout
     if layout == "t2i":
-        return build_t2i_batch(texts, image_ids, image_ids, vocab=vocab, max_text_len=max_text_len,
+        images = _needs_images(task, image_ids)
+        return build_t2i_batch(texts, images, images, vocab=vocab, max_text_len=max_text_len,
                                cond_dropout_prob=cond_dropout_prob, generator=generator)
     if layout == "mmu":
-        return build_mmu_batch(image_ids, texts, vocab=vocab, max_text_len=max_text_len)
+        return build_mmu_batch(_needs_images(task, image_ids), texts, vocab=vocab, max_text_len=max_text_len)
     if layout == "r2i":
-        return build_r2i_batch(texts, image_ids, vocab=vocab, max_text_len=max_text_len)
+        return build_r2i_batch(texts, _needs_images(task, image_ids), vocab=vocab, max_text_len=max_text_len)
     if layout == "lm":
         return build_lm_batch(texts, vocab=vocab, max_seq_len=seq_len)
     if layout == "lm_chat":
         return build_lm_chat_batch(texts, vocab=vocab, max_seq_len=seq_len)
     raise ValueError(f"task {task!r}: no training builder for the {layout!r} layout")
+
+
+def _needs_images(task: str, image_ids: Tensor | None) -> Tensor:
+    if image_ids is None:
+        raise ValueError(f"task {task!r}: its rows need image ids, got None")
+    return image_ids
 
 
 def batch_rng(seed: int, rank: int, name: str, index: int) -> random.Random:

@@ -169,10 +169,14 @@ class WorldSource:
             raise ValueError("`data.batch_sizes`: every task is disabled")
         if self.encoder is None and any(training_task(task).image for task in self.batch_sizes):
             raise ValueError("`data.batch_sizes`: image tasks need an image tokenizer, got None")
-        self.cot = stage == "sft" and spec.cot
+        # How answers are written: world_sft's settings; world_pretrain answers are short, without instructions.
+        sft = spec if isinstance(spec, WorldSftSpec) else None
+        self.cot = stage == "sft" and sft is not None and sft.cot
+        self.thinking = sft is not None and sft.thinking
+        self.plain_fraction = sft.plain_fraction if sft is not None else 0.0
         if "r2i" in self.batch_sizes and not self.cot:
             raise ValueError("`data.batch_sizes.r2i`: r2i answers are `<think>` traces; it needs world_sft with cot")
-        if self.cot and spec.plain_fraction > 0 and not spec.thinking:
+        if self.cot and self.plain_fraction > 0 and not self.thinking:
             logger.warning("thinking=false with CoT and short answers mixed: no prompt says which one is wanted")
         self.weights = {task: {**kinds, **spec.weights.get(task, {})} for task, kinds in DEFAULT_WEIGHTS.items()}
         for task, kinds in self.weights.items():
@@ -194,8 +198,9 @@ class WorldSource:
             self._seq_len = self.spec.max_text_len + n + 3
         return self._seq_len
 
-    def pool(self, kind: Literal["scenes", "vqa", "text", "digits"]) -> list[Any]:
-        """This rank's records of one kind (world `T2IExample`, `VQAExample`, `TextExample`, `DigitExample`)."""
+    def pool(self, kind: str) -> list[Any]:
+        """This rank's records of one kind: "scenes", "vqa", "text" or "digits" (world `T2IExample`, `VQAExample`,
+        `TextExample`, `DigitExample`)."""
         if kind not in self._pools:
             split, seed, size = self.spec.split, self.seed, self.spec.pool_size
             draw = {"scenes": lambda: iter_t2i(split, seed), "vqa": lambda: iter_vqa(split, seed),
@@ -219,10 +224,10 @@ class WorldSource:
 
     def _chat(self, question: str, short: str, trace: str | None, rng: random.Random) -> str:
         """A chat row: the `<think>` trace (with the thinking instruction) or the short answer."""
-        use_cot = trace is not None and self.cot and rng.random() >= self.spec.plain_fraction
-        answer = trace if use_cot else short
+        use_cot = trace is not None and self.cot and rng.random() >= self.plain_fraction
+        answer = trace if trace is not None and use_cot else short
         messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-        return render_chat(messages, bos_token=self.tokenizer.bos_token or "", thinking=use_cot and self.spec.thinking,
+        return render_chat(messages, bos_token=self.tokenizer.bos_token or "", thinking=use_cot and self.thinking,
                            add_generation_prompt=False)
 
     def _t2i_row(self, rng: random.Random) -> Row:
@@ -241,7 +246,7 @@ class WorldSource:
 
     def _r2i_row(self, rng: random.Random) -> Row:
         example, image = self._draw("scenes", rng)
-        text = r2i_transcript(example.caption, describe_scene(example.scene), thinking=self.spec.thinking,
+        text = r2i_transcript(example.caption, describe_scene(example.scene), thinking=self.thinking,
                               eot_quirk=False, bos_token=self.tokenizer.bos_token)
         return text, image
 

@@ -41,7 +41,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.distributed as dist
@@ -58,7 +58,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
-from ..checkpoint.hf import CONFIG_NAME, save_model
+from ..checkpoint.hf import CONFIG_NAME, DEFAULT_SHARD_BYTES, save_model
 from ..model.config import ModelConfig
 from ..model.transformer import MMaDAModel
 from ..utils.device import resolve_device, resolve_dtype
@@ -163,7 +163,7 @@ def wrap_model(
     fsdp: bool = True,
     mixed_precision: bool = False,
     reshard_after_forward: bool = True,
-) -> nn.Module:
+) -> MMaDAModel:
     """Shard (FSDP2) or replicate the model over the job's ranks; the identity for one process.
 
     The model must already be on `ctx.device` with identical weights on every rank (same seed or the
@@ -270,7 +270,8 @@ def full_state_dict(model: nn.Module, ctx: DistributedContext) -> dict[str, Tens
     Collective: every rank must call it. Keys are the plain `MMaDAModel` names.
     """
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    state = get_model_state_dict(model, options=options)
+    # A model's state dict holds tensors only (the declared value type also covers optimizer states).
+    state = cast(dict[str, Tensor], get_model_state_dict(model, options=options))
     if not ctx.is_main:
         return {}
     if ctx.device.type == "cpu":
@@ -378,9 +379,10 @@ def consolidate_to_release(
         config = ModelConfig.from_json(folder / CONFIG_NAME)
     metadata = dcp.FileSystemReader(folder).read_metadata().state_dict_metadata
     embed_key = f"{MODEL_KEY}.embed.weight"
-    if embed_key not in metadata:
+    embed = metadata.get(embed_key)
+    if not isinstance(embed, dcp.TensorStorageMetadata):
         raise ValueError(f"{folder} holds no MMaDA model weights (no {embed_key!r} entry)")
-    store = resolve_dtype(dtype) if dtype is not None else metadata[embed_key].properties.dtype
+    store = resolve_dtype(dtype) if dtype is not None else embed.properties.dtype
     with torch.device("meta"):
         model = MMaDAModel(config)
     model = model.to(store).to_empty(device="cpu")  # cast while on meta: never an fp32 copy of 8B
@@ -391,5 +393,5 @@ def consolidate_to_release(
     with _dcp_call(single_process=True):
         # Reads into the (aliased) tensors of model.state_dict(): no second copy of the weights.
         dcp.load(state, checkpoint_id=folder, no_dist=True)
-    kwargs = {} if max_shard_bytes is None else {"max_shard_bytes": max_shard_bytes}
-    return save_model(model, out_dir, **kwargs)
+    shard_bytes = DEFAULT_SHARD_BYTES if max_shard_bytes is None else max_shard_bytes
+    return save_model(model, out_dir, max_shard_bytes=shard_bytes)

@@ -8,15 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..checkpoint import train_state
+from ..model import MMaDAModel
 from ..sampling import Overrides, TextSampling
 from .config import LogConfig, Tokenizers
 
-EvalHook = Callable[[nn.Module, int], Mapping[str, float]]
+EvalHook = Callable[[MMaDAModel, int], Mapping[str, float]]
 """(model, step) -> metrics, logged as `eval/<name>`; called on every process (a sharded model needs all)."""
-PreviewHook = Callable[[nn.Module, int, Path], None]
+PreviewHook = Callable[[MMaDAModel, int, Path], None]
 """(model, step, run_dir): write samples under run_dir/previews/; called on every process."""
 
 
@@ -35,7 +35,7 @@ class PipelineHooks:
         self.text = Overrides(TextSampling, gen_length=n, steps=n, block_length=n)  # previews: one block
         self.greedy = Overrides(TextSampling, gen_length=n, steps=n, block_length=n, temperature=0.0)  # evaluation
 
-    def _pipeline(self, model: nn.Module) -> Any:
+    def _pipeline(self, model: MMaDAModel) -> Any:
         from ..pipelines import MMaDAPipeline, PipelineSettings
 
         tk = self.tokenizers
@@ -43,11 +43,11 @@ class PipelineHooks:
             model,
             tk.text,
             tk.vocab,
-            tk.image,  # type: ignore[arg-type]
+            tk.image,
             PipelineSettings(max_text_len=self.log.preview_max_text_len),
         )
 
-    def preview(self, model: nn.Module, step: int, run_dir: Path) -> None:
+    def preview(self, model: MMaDAModel, step: int, run_dir: Path) -> None:
         pipe = self._pipeline(model)
         gen = torch.Generator(pipe.device).manual_seed(0)
         text = self.text.apply(pipe.settings.text)
@@ -63,7 +63,7 @@ class PipelineHooks:
             for i, image in enumerate(images):
                 image.save(folder / f"{name}-{i}.png")
 
-    def evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
+    def evaluate(self, model: MMaDAModel, step: int) -> dict[str, float]:
         from ..evaluation.world import WorldEvalConfig, evaluate_world
 
         config = WorldEvalConfig(tasks=self.log.eval_tasks, limit=self.log.eval_limit, text=self.greedy,

@@ -57,7 +57,12 @@ def open_sinks(log: LogConfig, run_dir: Path, config: Mapping[str, Any], resume_
         from torch.utils.tensorboard import SummaryWriter  # needs the optional `tensorboard` package
 
         tb = SummaryWriter(str(run_dir / "tensorboard"))
-        sinks.append(CallbackSink(lambda m, s: [tb.add_scalar(k, v, s) for k, v in m.items()], tb.close))
+
+        def add_scalars(metrics: Mapping[str, float], step: int) -> None:
+            for key, value in metrics.items():
+                tb.add_scalar(key, value, step)
+
+        sinks.append(CallbackSink(add_scalars, tb.close))
     if log.wandb:
         import wandb  # optional, never required
 

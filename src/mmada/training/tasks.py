@@ -17,7 +17,7 @@ from __future__ import annotations
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeGuard
 
 from ..prompting import Task as LayoutKind
 
@@ -91,8 +91,13 @@ TRAINING_TASKS: Mapping[TaskName, TrainingTask] = types.MappingProxyType({
 """Every training task, in the order the trainer logs them."""
 
 
+def is_task(name: str) -> TypeGuard[TaskName]:
+    """Whether `name` is a training task (a key of `TRAINING_TASKS`)."""
+    return name in TRAINING_TASKS
+
+
 def training_task(name: str) -> TrainingTask:
     """The table entry of `name`; ValueError naming the known tasks otherwise."""
-    if name not in TRAINING_TASKS:
+    if not is_task(name):
         raise ValueError(f"unknown task {name!r}; expected one of {list(TRAINING_TASKS)}")
-    return TRAINING_TASKS[name]  # type: ignore[index]
+    return TRAINING_TASKS[name]

@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..checkpoint import train_state
+from ..model import MMaDAModel
 from ..prompting import TokenLayout
 from ..utils.device import default_device
 from .config import TrainConfig, build_model, load_tokenizers
@@ -65,7 +65,7 @@ class TrainResult:
 class Trainer:
     """Owns the optimizer, the scheduler, the masking generator and the step counter of one run."""
 
-    def __init__(self, model: nn.Module, objective: Objective, source: BatchSource, config: TrainConfig, *,
+    def __init__(self, model: MMaDAModel, objective: Objective, source: BatchSource, config: TrainConfig, *,
                  ctx: Any = None, evaluate: EvalHook | None = None, preview: PreviewHook | None = None,
                  sinks: Sequence[MetricsSink] | None = None, assets: tuple[Path, ...] = ()) -> None:
         self.model, self.objective, self.source, self.config = model, objective, source, config
@@ -78,11 +78,13 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, config.schedule)
         self.generator = torch.Generator(self.ctx.device).manual_seed(config.seed + self.ctx.rank)
         self.bf16 = _use_bf16(self.ctx.device, config.model.mixed_precision)
-        self.step, self._saved_step, self._signal = 0, -1, None
+        self.step, self._saved_step = 0, -1
+        self._signal: int | None = None
 
     def train_step(self, batches: Iterator[Mapping[str, TokenLayout]]) -> dict[str, float]:
         """One optimizer step over `batch.grad_accum` micro-batches; returns its metrics (process means)."""
-        accum, device, tasks = self.config.batch.grad_accum, self.ctx.device, list(TRAINING_TASKS)
+        tasks: list[str] = list(TRAINING_TASKS)
+        accum, device = self.config.batch.grad_accum, self.ctx.device
         n = len(tasks)
         self.model.train()
         start = time.perf_counter()
@@ -109,11 +111,11 @@ class Trainer:
             logger.warning("step %d: non-finite gradient norm, update skipped", self.step + 1)
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        stats = self.dist.all_reduce_mean(stats, self.ctx).tolist()
+        sums: list[float] = self.dist.all_reduce_mean(stats, self.ctx).tolist()
         elapsed = time.perf_counter() - start
-        metrics = {"loss": stats[0]}
-        metrics.update({f"loss/{t}": stats[1 + i] / stats[1 + n + i] for i, t in enumerate(tasks) if stats[1 + n + i]})
-        tokens = stats[-1] * self.ctx.world_size
+        metrics = {"loss": sums[0]}
+        metrics.update({f"loss/{t}": sums[1 + i] / sums[1 + n + i] for i, t in enumerate(tasks) if sums[1 + n + i]})
+        tokens = sums[-1] * self.ctx.world_size
         metrics.update(lr=lr, grad_norm=grad_norm, tokens=tokens, tokens_per_s=tokens / elapsed, step_time_s=elapsed)
         return metrics
 
@@ -218,7 +220,7 @@ class Trainer:
 
         def handler(signum: int, frame: Any) -> None:
             self._signal = signum
-            signal.signal(signum, previous[signum])  # a second signal acts as it would without us
+            signal.signal(signum, previous[signal.Signals(signum)])  # a second signal acts as it would without us
             logger.warning("%s: finishing step %d, then checkpointing", signal.Signals(signum).name, self.step + 1)
 
         previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -229,7 +231,7 @@ class Trainer:
                 signal.signal(s, h)
 
 
-def run_training(config: TrainConfig, *, resume: bool = False, model: nn.Module | None = None,
+def run_training(config: TrainConfig, *, resume: bool = False, model: MMaDAModel | None = None,
                  source: BatchSource | None = None, evaluate: EvalHook | None = None,
                  preview: PreviewHook | None = None, max_steps: int | None = None) -> TrainResult:
     """Build the run `config` describes and train it. The caller seeds first (`seed_everything`).

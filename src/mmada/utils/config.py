@@ -104,7 +104,7 @@ def build(cls: type[_T], raw: Mapping[str, Any], where: str = "") -> _T:
 
     raw = _with_defaults(cls, raw, where)
     try:
-        return _adapter(cls).validate_python(raw)
+        return _adapter(cls).validate_python(raw)  # type: ignore[arg-type]  # mypy: a type[_T] is Hashable
     except ValidationError as err:
         raise ValueError(_message(err, cls, raw, where)) from None
 
@@ -160,7 +160,7 @@ def _members(tp: Any) -> tuple[Any, ...]:
 
 
 def _dataclasses_of(tp: Any) -> list[type]:
-    return [m for m in _members(tp) if dataclasses.is_dataclass(m)]
+    return [m for m in _members(tp) if isinstance(m, type) and dataclasses.is_dataclass(m)]
 
 
 def _is_mapping(tp: Any) -> bool:
