@@ -185,7 +185,8 @@ def test_vocab_for_checks_the_model_mask_id_against_the_tokenizer(tokenizer: Tex
     from mmada.prompting import vocab_for
     from mmada.utils.files import CheckpointError
 
-    config = ModelConfig.tiny(vocab_size=512, embedding_size=512, mask_token_id=tiny.mask_id, codebook_size=128)
+    config = ModelConfig.tiny(vocab_size=512, embedding_size=512, mask_token_id=tiny.mask_id, codebook_size=128,
+                              eos_token_id=tiny.eos_id, pad_token_id=tiny.pad_id)
     assert vocab_for(tokenizer, SimpleNamespace(config=config)) == tiny
     wrong = dataclasses.replace(config, mask_token_id=tiny.mask_id - 1)
     message = rf"`mask_token_id` \({tiny.mask_id - 1}\) differs from .*\({tiny.mask_id}\)"

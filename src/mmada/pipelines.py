@@ -65,6 +65,7 @@ from .sampling import (
     last_step,
     place_image,
 )
+from .sampling.common import model_max_length
 from .sampling.config import SettingsT, check_names
 from .utils.config import build, to_dict
 from .utils.files import CheckpointError, resolve_folder
@@ -90,6 +91,12 @@ class PipelineSettings:
     """Image side in pixels; None = the image tokenizer's `image_size` (512 for MAGVIT-v2)."""
     text: TextSampling = field(default_factory=TextSampling)
     image: ImageSampling = field(default_factory=ImageSampling)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_text_len, bool) or not isinstance(self.max_text_len, int) or self.max_text_len < 1:
+            raise ValueError(f"`max_text_len` must be a positive integer, got {self.max_text_len!r}")
+        if self.resolution is not None and (not isinstance(self.resolution, int) or self.resolution < 1):
+            raise ValueError(f"`resolution` must be a positive integer or null, got {self.resolution!r}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PipelineSettings:
@@ -153,6 +160,12 @@ class MMaDAPipeline:
         self.model, self.tokenizer, self.vocab = model, tokenizer, vocab
         self.image_tokenizer = image_tokenizer
         self.settings = settings or PipelineSettings()
+        limit = model_max_length(model)
+        if limit is not None and self.settings.max_text_len >= limit:
+            raise ValueError(f"`max_text_len` ({self.settings.max_text_len}) must be below the model's "
+                             f"max_sequence_length ({limit}), which also holds the image tokens")
+        if limit is not None and image_tokenizer is not None:
+            self._check_t2i_length(self.num_image_tokens)
 
     # ---- construction ---------------------------------------------------------------------------
     @classmethod
@@ -339,6 +352,10 @@ class MMaDAPipeline:
             raise ValueError(f"`blank_length` must be >= 1, got {blank_length}")
         head = encode_chat(self.tokenizer, [{"role": "user", "content": question}]) if question else [
             self.vocab.bos_id]
+        masks, limit = text.count(BLANK) * blank_length, model_max_length(self.model)
+        if limit is not None and len(head) + masks > limit:  # before building a list of `masks` ids
+            raise ValueError(f"{text.count(BLANK)} blanks x `blank_length` ({blank_length}) = {masks} masks + "
+                             f"{len(head)} prompt tokens exceeds the model's max_sequence_length ({limit})")
         ids = list(head)
         for i, part in enumerate(text.split(BLANK)):
             if i:
@@ -383,9 +400,18 @@ class MMaDAPipeline:
     def num_image_tokens(self) -> int:
         return self._vq().num_tokens(self.resolution)
 
+    def _check_t2i_length(self, num_image_tokens: int) -> None:
+        """A t2i layout is max_text_len + image tokens + 3 specials; refuse it above the model's length."""
+        limit = model_max_length(self.model)
+        length = self.settings.max_text_len + num_image_tokens + 3
+        if limit is not None and length > limit:
+            raise ValueError(f"`max_text_len` ({self.settings.max_text_len}) + {num_image_tokens} image tokens + 3 = "
+                             f"{length} tokens exceeds the model's max_sequence_length ({limit})")
+
     def _t2i_layouts(self, prompts: Sequence[str], settings: ImageSampling) -> tuple[TokenLayout, TokenLayout | None]:
         """The t2i generation layout of `prompts` and, under guidance, the null prompt's."""
         n, text_len = self.num_image_tokens, self.settings.max_text_len
+        self._check_t2i_length(n)
         texts = [self.tokenizer.encode(p) for p in prompts]
         layout = build_t2i_gen_batch(texts, vocab=self.vocab, max_text_len=text_len, num_image_tokens=n)
         if settings.guidance_scale <= 0:

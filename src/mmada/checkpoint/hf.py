@@ -139,6 +139,9 @@ def load_model(
             raise CheckpointError(
                 f"{path.name}: unexpected tensor {name!r} (not part of an MMaDA model with this config)"
             )
+        if not tensor.dtype.is_floating_point:  # a cast would turn integers into weights silently
+            raise CheckpointError(f"{path.name}: tensor {name!r} has dtype {str(tensor.dtype).removeprefix('torch.')}; "
+                                  "MMaDA weights must be floating point (float32, bfloat16 or float16)")
         if tensor.shape != expected[ours]:
             raise CheckpointError(_shape_message(path, name, tuple(tensor.shape), tuple(expected[ours]), config))
         state[ours] = tensor.to(device=device, dtype=dtype)

@@ -195,7 +195,12 @@ def region_to_grid(region: object, side: int, resolution: int) -> torch.Tensor:
         centres = (torch.arange(side) + 0.5) * cell
         rows = (centres >= top) & (centres < bottom)
         cols = (centres >= left) & (centres < right)
-        return rows[:, None] & cols[None, :]
+        grid = rows[:, None] & cols[None, :]
+        if not bool(grid.any()):
+            raise ValueError(f"region box {tuple(region)} covers no image token: the {resolution}x{resolution} image "
+                             f"is a {side}x{side} token grid of {cell:g}-pixel cells, and a token is repainted "
+                             "when its cell centre is inside the box")
+        return grid
     if isinstance(region, Image.Image):
         region = np.asarray(region.convert("L").resize((side, side), Image.Resampling.BOX)) > 127
     grid = region.bool() if isinstance(region, torch.Tensor) else torch.as_tensor(np.asarray(region)).bool()
@@ -204,5 +209,5 @@ def region_to_grid(region: object, side: int, resolution: int) -> torch.Tensor:
             raise ValueError(f"region must be 2-D (a mask), got shape {tuple(grid.shape)}")
         grid = torch.nn.functional.interpolate(grid[None, None].float(), size=(side, side), mode="area")[0, 0] > 0.5
     if not bool(grid.any()):
-        raise ValueError("region is empty: nothing to repaint")
+        raise ValueError(f"region is empty on the {side}x{side} token grid: nothing to repaint")
     return grid

@@ -10,6 +10,7 @@ the fields that change the computation, refuse the values this implementation do
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -32,6 +33,8 @@ _REQUIRED_VALUES: dict[str, Any] = {
     "input_emb_norm": False,
     "block_group_size": 1,
 }
+# `model_type` values of the official configs: MMaDA's `MMadaConfig` and LLaDA's (same block and key names).
+MODEL_TYPES = ("mmada", "llada")
 # Keys that may be absent/None/False but nothing else (OLMo leftovers).
 _FALSY_ONLY = ("multi_query_attention",)
 # Dropouts only matter in training; the released models use 0 and so do we.
@@ -68,8 +71,9 @@ class ModelConfig:
     rms_norm_eps: float = 1e-5
     """RMSNorm epsilon."""
     max_sequence_length: int = 4096
-    """Longest sequence the released model was trained for (RoPE has no learned table; longer inputs
-    are allowed but untested)."""
+    """Longest sequence the model takes: every input (prompt + generation, t2i / mmu layouts, infill
+    text) is refused above it, before any computation (RoPE has no learned table, but nothing longer
+    was trained)."""
     weight_tying: bool = False
     """Tie the output head to the embedding (MMaDA: False, a separate head)."""
     mask_token_id: int = 126336
@@ -105,14 +109,21 @@ class ModelConfig:
                 f"config `embedding_size` ({self.embedding_size}) differs from `vocab_size` ({self.vocab_size}); "
                 "MMaDA checkpoints have them equal and this implementation requires it"
             )
-        if not 0 <= self.mask_token_id < self.vocab_size:
-            raise ValueError(
-                f"config `mask_token_id` ({self.mask_token_id}) is outside the vocabulary [0, {self.vocab_size})"
-            )
-        if self.rope_theta <= 0 or self.rms_norm_eps <= 0:
-            raise ValueError(
-                f"config `rope_theta` ({self.rope_theta}) and `rms_norm_eps` ({self.rms_norm_eps}) must be > 0"
-            )
+        for name in ("mask_token_id", "eos_token_id", "pad_token_id"):
+            value = getattr(self, name)
+            if value is None and name != "mask_token_id":
+                continue
+            if not _is_int(value) or not 0 <= value < self.vocab_size:
+                raise ValueError(f"config `{name}` ({value!r}) is outside the vocabulary [0, {self.vocab_size})")
+        for name in ("llm_vocab_size", "codebook_size", "num_vq_tokens"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value <= 0):
+                raise ValueError(f"config `{name}` must be a positive integer or null, got {value!r}")
+        for name in ("rope_theta", "rms_norm_eps"):
+            value = getattr(self, name)
+            # NaN compares false with everything, so `value <= 0` alone would let it through.
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"config `{name}` must be a finite number > 0, got {value!r}")
         _check_supported(self.extra)
 
     # ---- derived values -------------------------------------------------------------------------
@@ -207,7 +218,15 @@ class ModelConfig:
         return replace(self, **changes)
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _check_supported(extra: dict[str, Any]) -> None:
+    model_type = extra.get("model_type", "mmada")
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"config `model_type` = {model_type!r} is not supported: this implementation loads "
+                         f"{' / '.join(map(repr, MODEL_TYPES))} checkpoints (the LLaDA/MMaDA architecture)")
     for key, required in _REQUIRED_VALUES.items():
         if key in extra and extra[key] != required:
             raise ValueError(

@@ -147,6 +147,9 @@ class MMaDAModel(nn.Module):
             raise ValueError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
         if input_ids.numel() == 0:
             raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)})")
+        if input_ids.shape[1] > self.config.max_sequence_length:
+            raise ValueError(f"input of {input_ids.shape[1]} tokens exceeds the model's max_sequence_length "
+                             f"({self.config.max_sequence_length})")
         lo, hi = int(input_ids.min()), int(input_ids.max())
         if lo < 0 or hi >= self.config.vocab_size:
             bad = lo if lo < 0 else hi
@@ -158,6 +161,9 @@ class MMaDAModel(nn.Module):
                 f"attention_mask shape {tuple(attention_mask.shape)} "
                 f"must equal input_ids shape {tuple(input_ids.shape)}"
             )
+        if attention_mask.dtype != torch.bool and not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+            raise ValueError("attention_mask must hold only 0 (padding) and 1 (token); other values such as 0.5 "
+                             "or 2 have no meaning")
         mask = attention_mask.to(device=input_ids.device, dtype=torch.bool)
         if bool(mask.all()):
             return None  # nothing to hide: take SDPA's fastest path

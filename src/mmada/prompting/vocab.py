@@ -272,7 +272,8 @@ def vocab_for(tokenizer: SpecialTokenSource, model: HasModelConfig) -> Vocab:
     LLaDA one (large enough to hold it), else the reserved slots looked up by name.
 
     The [MASK] id is the model config's `mask_token_id`; a tokenizer whose own mask token differs is
-    refused (the model would be asked to denoise a token it never saw masked).
+    refused (the model would be asked to denoise a token it never saw masked). So are a config
+    `eos_token_id` / `pad_token_id` that differ from the tokenizer's eos / pad token, where both are set.
     """
     config = model.config
     if config.codebook_size is None:
@@ -280,9 +281,13 @@ def vocab_for(tokenizer: SpecialTokenSource, model: HasModelConfig) -> Vocab:
     own_mask = tokenizer.mask_token_id
     if own_mask is None:
         own_mask = tokenizer.token_to_id(MASK_TOKEN)
-    if own_mask is not None and own_mask != config.mask_token_id:
-        raise CheckpointError(f"config.json `mask_token_id` ({config.mask_token_id}) differs from the text "
-                              f"tokenizer's mask token {MASK_TOKEN} ({own_mask}); they must be the same id")
+    pairs = (("mask_token_id", config.mask_token_id, own_mask, f"mask token {MASK_TOKEN}"),
+             ("eos_token_id", config.eos_token_id, tokenizer.eos_token_id, "eos token"),
+             ("pad_token_id", config.pad_token_id, tokenizer.pad_token_id, "pad token"))
+    for key, configured, own, what in pairs:
+        if configured is not None and own is not None and own != configured:
+            raise CheckpointError(f"config.json `{key}` ({configured}) differs from the text tokenizer's {what} "
+                                  f"({own}); they must be the same id")
     reserved = OFFICIAL_RESERVED_IDS if len(tokenizer) > max(OFFICIAL_RESERVED_IDS.values()) else None
     return Vocab.from_tokenizer(tokenizer, vocab_size=config.vocab_size, codebook_size=config.codebook_size,
                                 mask_token_id=config.mask_token_id, reserved=reserved)

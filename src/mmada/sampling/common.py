@@ -55,10 +55,43 @@ def key_padding_mask(attention_mask: Tensor | None) -> Tensor | None:
 
     The official samplers only build an attention bias when the mask holds a 0
     (models/modeling_mmada.py `mmu_generate`); None also lets the model skip masking work.
+    Values other than 0 / 1 are refused (`check_binary_mask`).
     """
-    if attention_mask is None or bool(attention_mask.all()):
+    if attention_mask is None:
+        return None
+    check_binary_mask(attention_mask)
+    if bool(attention_mask.all()):
         return None
     return attention_mask.bool()
+
+
+def check_binary_mask(mask: Tensor, name: str = "attention_mask") -> None:
+    """Refuse a padding mask holding anything but 0 (padding) and 1 (token): a cast to bool would read
+    0.5 or 2 as a real token, and a cast to int would read 0.5 as padding."""
+    if mask.dtype == torch.bool:
+        return
+    bad = (mask != 0) & (mask != 1)
+    if bool(bad.any()):
+        raise ValueError(f"`{name}` must hold only 0 (padding) and 1 (token), found {mask[bad][0].item()}")
+
+
+def model_max_length(model: object) -> int | None:
+    """The longest input a denoiser takes: `model.config.max_sequence_length` when it has one
+    (`MMaDAModel`), else None (mock denoisers, wrappers without a config)."""
+    limit = getattr(getattr(model, "config", None), "max_sequence_length", None)
+    return limit if isinstance(limit, int) else None
+
+
+def check_length(model: object, length: int, what: str) -> None:
+    """Refuse, before any allocation or model call, an input longer than the model takes.
+
+    Args:
+        length: tokens of the whole sequence the sampler would build.
+        what: how the length is made up, for the message (e.g. "prompt (20) + gen_length (1000000)").
+    """
+    limit = model_max_length(model)
+    if limit is not None and length > limit:
+        raise ValueError(f"{what} = {length} tokens exceeds the model's max_sequence_length ({limit})")
 
 
 def uniform_window(

@@ -18,6 +18,7 @@ sampler that uses it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any, Generic, Literal, TypeVar
@@ -56,6 +57,9 @@ class TextSampling:
 
     def __post_init__(self) -> None:
         _at_least_one(gen_length=self.gen_length, block_length=self.block_length, steps=self.steps)
+        if self.steps > self.gen_length:
+            raise ValueError(f"`steps` ({self.steps}) must be <= `gen_length` ({self.gen_length}): each step "
+                             "unmasks at least one token, extra steps would only repeat the model call")
         if self.gen_length % self.block_length:
             raise ValueError(f"`gen_length` ({self.gen_length}) must be divisible by `block_length` "
                              f"({self.block_length})")
@@ -110,9 +114,7 @@ class ImageSampling:
 
     def __post_init__(self) -> None:
         _at_least_one(timesteps=self.timesteps)
-        for name, value in (("guidance_scale", self.guidance_scale), ("temperature", self.temperature)):
-            if value < 0:
-                raise ValueError(f"`{name}` ({value}) must be >= 0")
+        _finite_non_negative(guidance_scale=self.guidance_scale, temperature=self.temperature)
         if self.temperature_schedule not in TEMPERATURE_SCHEDULES:
             raise ValueError(f"`temperature_schedule` ({self.temperature_schedule!r}) must be 'compounding' "
                              "or 'linear'")
@@ -168,13 +170,20 @@ def _at_least_one(**values: int) -> None:
             raise ValueError(f"`{name}` ({value}) must be >= 1")
 
 
+def _finite_non_negative(**values: float) -> None:
+    """NaN compares false with everything, so `value < 0` alone lets it through (and inf would turn the
+    Gumbel noise or the guided logits into NaN): a real, finite number >= 0 is required."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"`{name}` must be a number, got {value!r}")
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"`{name}` ({value}) must be a finite number >= 0")
+
+
 def _check_policy(temperature: float, remasking: str, cfg_scale: float, threshold: float | None) -> None:
     """The per-step options shared by text sampling and infilling."""
-    if temperature < 0:
-        raise ValueError(f"`temperature` ({temperature}) must be >= 0")
+    _finite_non_negative(temperature=temperature, cfg_scale=cfg_scale)
     if remasking not in REMASKING:
         raise ValueError(f"`remasking` ({remasking!r}) must be one of {REMASKING}")
-    if cfg_scale < 0:
-        raise ValueError(f"`cfg_scale` ({cfg_scale}) must be >= 0")
-    if threshold is not None and not 0 < threshold <= 1:
+    if threshold is not None and not (math.isfinite(threshold) and 0 < threshold <= 1):
         raise ValueError(f"`threshold` ({threshold}) must be in (0, 1]")

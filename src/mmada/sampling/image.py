@@ -33,7 +33,7 @@ from torch import Tensor
 
 from mmada.diffusion.schedules import Schedule, get_schedule
 from mmada.prompting import TokenLayout, Vocab
-from mmada.sampling.common import SampleStep, key_padding_mask
+from mmada.sampling.common import SampleStep, check_length, key_padding_mask
 from mmada.sampling.config import ImageSampling, TemperatureSchedule
 from mmada.sampling.denoisers import ClassifierFreeGuidance, Denoiser, replace_prefix
 from mmada.sampling.text import last_step
@@ -71,6 +71,12 @@ def iter_sample_t2i(
         this function is called, before the first step.
     """
     image = _image_span(layout, vocab)
+    num_image = image.stop - image.start
+    check_length(model, layout.seq_len, f"the t2i layout ({layout.seq_len - num_image} text and special "
+                                        f"tokens + {num_image} image tokens)")
+    if settings.timesteps > num_image:
+        raise ValueError(f"`timesteps` ({settings.timesteps}) must be <= the {num_image} image tokens to "
+                         "unmask: every step commits at least one")
     text_len = image.start - 1  # everything before <|soi|>
     if settings.guidance_scale > 0:
         uncond = _check_uncond(uncond, layout.batch_size, text_len, settings.guidance_scale)

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from mmada.prompting import LayoutSpans, Span, TokenLayout, Vocab
-from mmada.sampling.common import SampleStep
+from mmada.sampling.common import SampleStep, check_length
 from mmada.sampling.config import ImageSampling, InfillSampling
 from mmada.sampling.denoisers import Denoiser
 from mmada.sampling.image import iter_sample_t2i
@@ -50,9 +50,14 @@ def iter_infill_text(
             (temperature, remasking, threshold, cfg_scale: the guidance pass masks the context).
         Other arguments: as in `sampling.text.iter_sample_text`.
     """
+    check_length(model, input_ids.shape[1], "the text to infill")
     masked_cols = (input_ids == mask_id).any(dim=0).nonzero()
     if masked_cols.numel() == 0:
         return iter(())
+    most = int((input_ids == mask_id).sum(dim=1).max())
+    if settings.steps > most:
+        raise ValueError(f"`steps` ({settings.steps}) must be <= the {most} masked tokens to fill: every step "
+                         "commits at least one")
     start, stop = int(masked_cols[0, 0]), int(masked_cols[-1, 0]) + 1
     length = stop - start if settings.block_length is None else settings.block_length
     blocks = [slice(s, min(s + length, stop)) for s in range(start, stop, length)]
@@ -115,6 +120,10 @@ def iter_inpaint_image(
     num_image = image.stop - image.start
     if region.shape != (layout.batch_size, num_image):
         raise ValueError(f"`region` must be ({layout.batch_size}, {num_image}), got {tuple(region.shape)}")
+    empty = (~region.bool().any(dim=1)).nonzero()
+    if empty.numel():
+        raise ValueError(f"`region` row {int(empty[0, 0])} covers none of the {num_image} image tokens: "
+                         "nothing to repaint")
     masked = layout.input_ids[:, image].masked_fill(region.bool().to(layout.input_ids.device), vocab.mask_id)
     return iter_sample_t2i(model, place_image(layout, masked), settings, vocab, uncond=uncond, generator=generator)
 

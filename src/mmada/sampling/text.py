@@ -35,6 +35,8 @@ from torch import Tensor
 from mmada.sampling.common import (
     SampleStep,
     add_gumbel_noise,
+    check_binary_mask,
+    check_length,
     key_padding_mask,
     num_transfer_tokens,
     random_scores,
@@ -83,6 +85,7 @@ def iter_sample_text(
     _check_prompt(prompt_ids, attention_mask, settings.gen_length)
     gen_length, block_length = settings.gen_length, settings.block_length
     batch, prompt_len = prompt_ids.shape
+    check_length(model, prompt_len + gen_length, f"prompt ({prompt_len}) + gen_length ({gen_length})")
     tokens = torch.cat([prompt_ids, prompt_ids.new_full((batch, gen_length), mask_id)], dim=1)  # (B, P+G)
     if attention_mask is not None and attention_mask.shape[1] == prompt_len:
         attention_mask = torch.cat([attention_mask.bool(), tokens.new_ones(batch, gen_length).bool()], 1)
@@ -269,6 +272,7 @@ def _check_prompt(prompt_ids: Tensor, attention_mask: Tensor | None, gen_length:
 def check_left_padded(attention_mask: Tensor, prompt_shape: torch.Size, gen_length: int) -> None:
     """The mask covers the prompt (B, P) or prompt + generation (B, P + G); padding is on the left."""
     batch, prompt_len = prompt_shape
+    check_binary_mask(attention_mask)
     if attention_mask.shape not in ((batch, prompt_len), (batch, prompt_len + gen_length)):
         raise ValueError(f"`attention_mask` must be ({batch}, {prompt_len}) or "
                          f"({batch}, {prompt_len + gen_length}), got {tuple(attention_mask.shape)}")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import re
 import types
 from collections.abc import Mapping
@@ -104,9 +105,11 @@ def build(cls: type[_T], raw: Mapping[str, Any], where: str = "") -> _T:
 
     raw = _with_defaults(cls, raw, where)
     try:
-        return _adapter(cls).validate_python(raw)  # type: ignore[arg-type]  # mypy: a type[_T] is Hashable
+        config = _adapter(cls).validate_python(raw)  # type: ignore[arg-type]  # mypy: a type[_T] is Hashable
     except ValidationError as err:
         raise ValueError(_message(err, cls, raw, where)) from None
+    _check_finite(config, where)
+    return config
 
 
 def to_dict(config: Any) -> Any:
@@ -138,6 +141,23 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 # ---- helpers ------------------------------------------------------------------------------------------
+def _check_finite(value: Any, path: str) -> None:
+    """Refuse NaN and ±inf in every float of a built config (YAML reads `.nan` / `.inf`, pydantic lets
+    them through): no setting of mmada means anything at a non-finite value, and one would run to the end
+    on garbage (`optim.lr=inf` trains on NaN losses)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"`{path or 'config'}` must be a finite number, got {value}")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            _check_finite(getattr(value, f.name), f"{path}.{f.name}" if path else f.name)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            _check_finite(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check_finite(item, f"{path}[{index}]")
+
+
 @functools.cache
 def _adapter(cls: type) -> Any:
     from pydantic import TypeAdapter
