@@ -28,6 +28,13 @@ plus `param_groups` of hyper-parameters); safetensors stores only a flat name ->
 saved with `torch.save` and loaded with `weights_only=True`, whose unpickler accepts only tensors and
 plain containers and therefore cannot execute code from the file.
 
+Failures leave no garbage and lose nothing. A write that fails (a full disk, a quota, a folder that became
+read-only: any error while `.tmp-step-N/` is written) deletes that temporary folder and raises
+`CheckpointWriteError` (an `OSError`) naming the step and the reason; the committed checkpoints and `latest`
+are untouched, so the run can be resumed from the previous one. Loading names the file for every problem
+(`CheckpointError`): a missing or corrupt `optimizer.pt`, `trainer.json`, RNG or data file, and weights of a
+different model size (the first parameter that differs, with both shapes).
+
 A multi-process run passes a `Collective` (built by the trainer from `training.distributed`): each rank
 writes its own RNG and data cursor, the model and optimizer go through `torch.distributed.checkpoint`
 (`save_sharded` into `sharded/` instead of `model/` and `optimizer.pt`; `training.distributed.
@@ -82,6 +89,9 @@ class Collective:
     """Write the model and optimizer shards of every rank into a folder (torch.distributed.checkpoint)."""
     load_sharded: Callable[[nn.Module, torch.optim.Optimizer | None, Path], Any] | None = None
     """Load them back in place (on any number of ranks)."""
+    agree: Callable[[bool], bool] = bool
+    """A barrier that also tells whether every process succeeded (`ok` of all ranks, and-ed); a single
+    process just returns its own `ok`."""
 
     @property
     def sharded(self) -> bool:
@@ -99,6 +109,10 @@ class Resumed:
     """This rank's data-source cursor (`BatchSource.load_state_dict`)."""
     config: dict[str, Any] = field(default_factory=dict)
     """The run's config as saved (for comparison with the current one)."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written; the previous complete checkpoint is intact (message says which)."""
 
 
 def checkpoint_name(step: int) -> str:
@@ -159,31 +173,65 @@ def save_checkpoint(
     co = collective or Collective()
     run = Path(run_dir)
     final, tmp = run / checkpoint_name(step), run / f"{TMP_PREFIX}{checkpoint_name(step)}"
+    error: BaseException | None = None
     if co.rank == 0:
-        run.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)  # a leftover of a killed save of the same step
-        tmp.mkdir()
-    co.barrier()
-    _save_rng(tmp, co.rank, generators or {})
-    _write_json(tmp / f"data-{co.rank}.json", dict(data_state), what="the data source state")
-    if co.sharded:
-        if co.save_sharded is None:
-            raise ValueError("a multi-process checkpoint needs `save_sharded`")
-        co.save_sharded(model, optimizer, tmp / "sharded")
-    elif co.rank == 0:
-        _save_single(tmp, model, optimizer, assets)
-    co.barrier()
+        try:
+            run.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # a leftover of a killed save of the same step
+            tmp.mkdir()
+        except OSError as err:
+            error = err
+    _check_written(co, error, run, tmp, step)
+    try:
+        _save_rng(tmp, co.rank, generators or {})
+        _write_json(tmp / f"data-{co.rank}.json", dict(data_state), what="the data source state")
+        if co.sharded:
+            if co.save_sharded is None:
+                raise ValueError("a multi-process checkpoint needs `save_sharded`")
+            co.save_sharded(model, optimizer, tmp / "sharded")
+        elif co.rank == 0:
+            _save_single(tmp, model, optimizer, assets)
+    except (ValueError, TypeError):
+        raise  # a programming error (nothing to do with the disk): as it is
+    except Exception as err:  # OSError; safetensors and torch.save report a full disk as their own errors
+        error = err
+    _check_written(co, error, run, tmp, step)
     if co.rank == 0:
-        _write_json(tmp / "scheduler.json", scheduler.state_dict(), what="the scheduler state")
-        _write_json(tmp / "trainer.json", {"step": step, "world_size": co.world_size, "config": dict(config)},
-                    what="the config")
-        _fsync_tree(tmp)
-        _commit(tmp, final)
-        _write_latest(run, final.name)
+        try:
+            _write_json(tmp / "scheduler.json", scheduler.state_dict(), what="the scheduler state")
+            _write_json(tmp / "trainer.json", {"step": step, "world_size": co.world_size, "config": dict(config)},
+                        what="the config")
+            _fsync_tree(tmp)
+            _commit(tmp, final)
+        except OSError as err:
+            error = err
+    _check_written(co, error, run, tmp, step)
+    if co.rank == 0:
+        try:  # the checkpoint is committed: the pointer and pruning are conveniences that may fail
+            _write_latest(run, final.name)
+        except OSError as err:
+            logger.warning("%s committed, but %s/%s could not be updated: %s", final.name, run, LATEST, err)
         if keep_last is not None:
             prune(run, keep_last)
     co.barrier()
     return final
+
+
+def _check_written(co: Collective, error: BaseException | None, run: Path, tmp: Path, step: int) -> None:
+    """Every process's part written? Otherwise delete the temporary folder and raise on every process."""
+    if co.agree(error is None):
+        return
+    if co.rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)  # frees the space; nothing reads a .tmp- folder anyway
+    previous = find_latest(run)
+    kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+    if error is None:
+        raise CheckpointWriteError(f"checkpoint of step {step} not written: another process failed to write "
+                                   f"its part; {kept}")
+    # torch.save's write error ends with the useful line ("... file write failed"); an OSError has strerror
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else _first_line(error, last=True)
+    where = f" ({error.filename})" if isinstance(error, OSError) and error.filename else ""
+    raise CheckpointWriteError(f"checkpoint of step {step} not written into {tmp}{where}: {reason}; {kept}") from error
 
 
 def _save_single(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, assets: tuple[Path, ...]) -> None:
@@ -280,7 +328,12 @@ def _save_rng(folder: Path, rank: int, generators: Mapping[str, torch.Generator]
 
 
 def _load_rng(folder: Path, rank: int, generators: Mapping[str, torch.Generator]) -> None:
-    tensors = load_file(str(folder / f"rng-{rank}.safetensors"))
+    file = folder / f"rng-{rank}.safetensors"
+    try:
+        tensors = load_file(str(file))
+    except Exception as err:
+        raise CheckpointError(f"{file} is missing or corrupt ({_first_line(err)}); resume from another "
+                              "checkpoint") from None
     torch.set_rng_state(tensors["torch.cpu"])
     cuda = [tensors[k] for k in sorted(tensors) if k.startswith("torch.cuda.")]
     if cuda and torch.cuda.is_available():
@@ -290,11 +343,15 @@ def _load_rng(folder: Path, rank: int, generators: Mapping[str, torch.Generator]
         if key not in tensors:
             raise CheckpointError(f"{folder.name}: no state for generator {name!r} (saved: {sorted(tensors)})")
         gen.set_state(tensors[key])
-    host = json.loads((folder / f"rng-{rank}.json").read_text(encoding="utf-8"))
-    version, state, gauss = host["python"]
-    random.setstate((version, tuple(state), gauss))
-    kind, keys, pos, has_gauss, cached = host["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    file = folder / f"rng-{rank}.json"
+    host = _read_json(file)
+    try:
+        version, state, gauss = host["python"]
+        random.setstate((version, tuple(state), gauss))
+        kind, keys, pos, has_gauss, cached = host["numpy"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{file}: not an RNG state ({type(err).__name__}: {err})") from None
 
 
 # ---- loading ----------------------------------------------------------------------------------------
@@ -312,7 +369,9 @@ def load_checkpoint(
     folder = Path(path)
     if not _complete(folder):
         raise CheckpointError(f"{folder} is not a complete training checkpoint (no trainer.json)")
-    meta = json.loads((folder / "trainer.json").read_text(encoding="utf-8"))
+    meta = _read_json(folder / "trainer.json")
+    if not isinstance(meta, dict) or not isinstance(meta.get("step"), int) or "world_size" not in meta:
+        raise CheckpointError(f"{folder / 'trainer.json'}: not a trainer state (needs `step` and `world_size`)")
     if meta["world_size"] != co.world_size:
         raise CheckpointError(f"{folder.name} was written by {meta['world_size']} process(es); resume it with the "
                               f"same number (this run has {co.world_size})")
@@ -322,25 +381,102 @@ def load_checkpoint(
         co.load_sharded(model, optimizer, folder / "sharded")
     else:
         if (folder / ADAPTER_FILE).is_file():
-            load_adapter(model, folder / ADAPTER_FILE)
+            _load_adapter(model, folder / ADAPTER_FILE)
         else:
             _load_weights(model, folder / "model")
         if optimizer is not None:
-            optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
+            _load_optimizer(optimizer, folder / "optimizer.pt")
     if scheduler is not None:
-        scheduler.load_state_dict(json.loads((folder / "scheduler.json").read_text(encoding="utf-8")))
+        file = folder / "scheduler.json"
+        try:
+            scheduler.load_state_dict(_read_json(file))
+        except (KeyError, TypeError, AttributeError) as err:
+            raise CheckpointError(f"{file}: not a scheduler state ({type(err).__name__}: {err})") from None
     _load_rng(folder, co.rank, generators or {})
-    data_state = json.loads((folder / f"data-{co.rank}.json").read_text(encoding="utf-8"))
+    data_state = _read_json(folder / f"data-{co.rank}.json")
     return Resumed(step=int(meta["step"]), path=folder, data_state=data_state, config=meta.get("config", {}))
 
 
+def _read_json(file: Path) -> Any:
+    """A checkpoint's JSON file; `CheckpointError` naming it when it is missing or corrupt."""
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{file} is missing: the checkpoint is incomplete; resume from another one "
+                              f"(delete {file.parent.name} to fall back to the one before)") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{file} is corrupt ({err}); resume from another checkpoint "
+                              f"(delete {file.parent.name} to fall back to the one before)") from None
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, file: Path) -> None:
+    if not file.is_file():
+        raise CheckpointError(f"{file} is missing: the checkpoint is incomplete")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, garbage, or a pickle naming forbidden globals
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{file} is corrupt or not an optimizer state ({first}); resume from another "
+                              f"checkpoint (delete {file.parent.name} to fall back to the one before)") from None
+    try:
+        optimizer.load_state_dict(state)
+    except (ValueError, KeyError, TypeError, RuntimeError) as err:
+        raise CheckpointError(f"{file} does not fit this model's optimizer ({err}); a checkpoint of a different "
+                              "model or trainable set?") from None
+    # Adam's state tensors are used as they are: one of another shape would only fail deep in the next step.
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, param_state in optimizer.state_dict()["state"].items():
+        shape = tuple(params[index].shape)
+        for key, value in param_state.items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and tuple(value.shape) != shape:
+                raise CheckpointError(f"{file}: state {key!r} of parameter #{index} has shape "
+                                      f"{tuple(value.shape)} but the parameter has {shape} (a checkpoint of a "
+                                      "different model size?)")
+
+
+def _load_adapter(model: nn.Module, file: Path) -> None:
+    try:
+        load_adapter(model, file)
+    except CheckpointError:
+        raise
+    except Exception as err:
+        raise CheckpointError(f"{file} cannot be loaded into this model ({_first_line(err)})") from None
+
+
+def _first_line(err: BaseException, *, last: bool = False) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return (lines[-1] if last else lines[0]) if lines else type(err).__name__
+
+
 def _load_weights(model: nn.Module, folder: Path) -> None:
-    """Copy release-format weights into an existing model (keeping its device, dtype and wrappers)."""
+    """Copy release-format weights into an existing model (keeping its device, dtype and wrappers).
+
+    A checkpoint of another model is refused naming the first parameter that is missing, extra or of
+    another shape (with both shapes), before anything is copied."""
     device = next(model.parameters()).device
     state = {}
-    for file, name, tensor in iter_tensors(weight_files(folder), device):
-        ours = official_to_ours(name)
-        if ours is None:
-            raise CheckpointError(f"{file.name}: unexpected tensor {name!r}")
-        state[ours] = tensor
+    try:
+        for file, name, tensor in iter_tensors(weight_files(folder), device):
+            ours = official_to_ours(name)
+            if ours is None:
+                raise CheckpointError(f"{file}: unexpected tensor {name!r}")
+            state[ours] = tensor
+    except CheckpointError:
+        raise  # names the file already
+    except Exception as err:  # a truncated or garbage safetensors file
+        raise CheckpointError(f"{folder}: the weights cannot be read ({_first_line(err)}); resume from another "
+                              "checkpoint") from None
+    expected = model.state_dict()
+    for name, value in expected.items():
+        if name not in state:
+            raise CheckpointError(f"{folder}: parameter {name!r} of this model is not in the checkpoint (a "
+                                  "checkpoint of a different model size?)")
+        if tuple(state[name].shape) != tuple(value.shape):
+            raise CheckpointError(f"{folder}: parameter {name!r} has shape {tuple(state[name].shape)} in the "
+                                  f"checkpoint but {tuple(value.shape)} in this model (a checkpoint of a "
+                                  "different model size?)")
+    extra = sorted(set(state) - set(expected))
+    if extra:
+        raise CheckpointError(f"{folder}: the checkpoint has parameter {extra[0]!r}, which this model lacks "
+                              f"({len(extra)} in all; a checkpoint of a different model size?)")
     model.load_state_dict(state, strict=True)

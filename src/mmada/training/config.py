@@ -29,6 +29,7 @@ naming the key (`optim.lr`, `data.batch_sizes.t2i`), all before any weights load
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -46,6 +47,8 @@ PRESETS = ("tiny", "mmada_8b")
 
 
 def _positive(value: float, name: str, *, allow_zero: bool = False) -> None:
+    if not math.isfinite(value):
+        raise ValueError(f"`{name}` must be a finite number, got {value}")
     if value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"`{name}` must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
@@ -99,6 +102,9 @@ class ModelSection:
         _positive(self.init_std, "init_std")
         if self.lora_rank < 0:
             raise ValueError(f"`lora_rank` must be >= 0, got {self.lora_rank}")
+        _positive(self.lora_alpha, "lora_alpha")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"`lora_dropout` must be in [0, 1), got {self.lora_dropout}")
         try:
             resolve_dtype(self.dtype)
         except ValueError as err:
@@ -129,6 +135,10 @@ class OptimConfig:
     """Clip the global gradient norm to this; 0 disables clipping (the norm is still logged)."""
     no_decay: tuple[str, ...] = ("bias", "norm", "embed")
     """Parameters whose name contains one of these get no weight decay (see `optim.param_groups`)."""
+    nonfinite_patience: int = 3
+    """Stop the run with an error after this many consecutive optimizer steps with a non-finite (NaN/inf)
+    loss; their updates are skipped, and weights that became non-finite are never checkpointed, so the last
+    good checkpoint stays the latest. 0 = never stop (train to the end whatever the loss)."""
 
     def __post_init__(self) -> None:
         _positive(self.lr, "lr")
@@ -137,6 +147,7 @@ class OptimConfig:
         _positive(self.weight_decay, "weight_decay", allow_zero=True)
         _positive(self.eps, "eps")
         _positive(self.max_grad_norm, "max_grad_norm", allow_zero=True)
+        _positive(self.nonfinite_patience, "nonfinite_patience", allow_zero=True)
 
 
 @dataclass(frozen=True)

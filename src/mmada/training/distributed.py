@@ -30,14 +30,34 @@ Checkpoints: `save_sharded`/`load_sharded` write and read a `torch.distributed.c
 folder in which every rank writes its own shards; it can be loaded back on any number of ranks
 (DCP reshards on load). `consolidate_to_release` turns such a folder into the official release
 format (`mmada.save_model`) on one process, with no process group.
+
+No code runs from a checkpoint file. DCP's own reader unpickles two things with plain `pickle`: the
+`.metadata` index, and every non-tensor entry (the optimizer's hyper-parameters) via
+`torch.load(weights_only=False)`; a crafted folder would run any command on `--resume` or when
+consolidated. Both are replaced here, for every read (`load_sharded`, `consolidate_to_release`):
+
+* `.metadata` is read by `read_dcp_metadata`, an unpickler that resolves only the classes a DCP index is
+  made of (its dataclasses in `torch.distributed.checkpoint.metadata`, `_StorageInfo`, `torch.Size`,
+  torch dtypes and layouts, `pathlib` paths) and refuses any other global (`os.system`, `eval`,
+  `builtins.getattr`, ...) before anything is called. The index is then checked: every entry is tensor or
+  bytes metadata, and every data file it points to is a plain file name inside the folder.
+* non-tensor entries are read with `torch.load(weights_only=True)` (plain numbers, strings, tuples, lists,
+  dicts), tensors as DCP always reads them (`weights_only=True`).
+
+A restricted reader rather than a hash of `.metadata` written at save time: whoever can write a
+crafted `.metadata` can write its hash beside it too, so a hash only detects accidents, while the
+allow-list also protects folders from other machines and older runs. Checkpoints written by DCP
+itself load unchanged.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import pickle
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +67,9 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import Tensor, nn
+from torch.distributed.checkpoint import metadata as dcp_metadata
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.filesystem import _StorageInfo
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -62,6 +85,7 @@ from ..checkpoint.hf import CONFIG_NAME, DEFAULT_SHARD_BYTES, save_model
 from ..model.config import ModelConfig
 from ..model.transformer import MMaDAModel
 from ..utils.device import resolve_device, resolve_dtype
+from ..utils.files import CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -247,6 +271,26 @@ def barrier(ctx: DistributedContext) -> None:
         dist.barrier()
 
 
+def agree(ok: bool, ctx: DistributedContext) -> bool:
+    """True when `ok` holds on every rank; a barrier that also tells whether all ranks succeeded."""
+    if not ctx.is_distributed:
+        return ok
+    flag = torch.tensor([0.0 if ok else 1.0], device=ctx.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.SUM)
+    return bool(flag.item() == 0)
+
+
+def all_finite(model: nn.Module, ctx: DistributedContext) -> bool:
+    """True when every weight of `model` is finite on every rank (sharded weights: each rank checks its shard).
+
+    One pass over the weights; the trainer calls it before a checkpoint, never per step.
+    """
+    with torch.no_grad():
+        local = [(p.to_local() if isinstance(p, DTensor) else p).isfinite().all() for p in model.parameters()]
+        ok = bool(torch.stack(local).all()) if local else True
+    return agree(ok, ctx)
+
+
 def log0(ctx: DistributedContext, log: logging.Logger, msg: str, *args: Any, level: int = logging.INFO) -> None:
     """Log on rank 0 only, so a 64-rank job prints one line per event, not 64."""
     if ctx.is_main:
@@ -313,8 +357,14 @@ def save_sharded(
         state[MODEL_KEY] = get_model_state_dict(model)
     else:
         state[MODEL_KEY], state[OPTIMIZER_KEY] = get_state_dict(model, optimizer)
-    with _dcp_call(single_process=not ctx.is_distributed):
-        dcp.save(state, checkpoint_id=out, no_dist=not ctx.is_distributed)
+    try:
+        with _dcp_call(single_process=not ctx.is_distributed):
+            dcp.save(state, checkpoint_id=out, no_dist=not ctx.is_distributed)
+    except CheckpointException as err:  # a BaseException gathering every rank's failure: raise this rank's cause
+        causes = [exc for exc, _ in err.failures.values() if isinstance(exc, Exception)]
+        if causes:
+            raise causes[0] from None
+        raise RuntimeError(str(err)) from None
     log0(ctx, logger, "saved sharded checkpoint to %s", out)
     return out
 
@@ -325,24 +375,148 @@ def load_sharded(
     """Load a `save_sharded` folder into an already wrapped model (and its optimizer), in place.
 
     Collective. The folder may come from a run with a different world size: DCP reads each rank's
-    slices from whichever files hold them.
+    slices from whichever files hold them. Nothing in the folder is unpickled unrestricted (module
+    docstring); a checkpoint of a different model size is refused naming the first parameter that differs.
     """
     folder = Path(path)
-    if not (folder / ".metadata").is_file():
-        raise ValueError(f"{folder} is not a DCP checkpoint folder (no .metadata file)")
+    metadata = read_dcp_metadata(folder)
     state: dict[str, Any] = {}
     if optimizer is None:
         state[MODEL_KEY] = get_model_state_dict(model)
     else:
         # get_state_dict initialises empty optimizer state, so there are tensors to load into.
         state[MODEL_KEY], state[OPTIMIZER_KEY] = get_state_dict(model, optimizer)
-    with _dcp_call(single_process=not ctx.is_distributed):
-        dcp.load(state, checkpoint_id=folder, no_dist=not ctx.is_distributed)
+    check_model_shapes(state[MODEL_KEY], metadata, folder)
+    _safe_dcp_load(state, folder, single_process=not ctx.is_distributed)
     if optimizer is None:
         set_model_state_dict(model, state[MODEL_KEY])
     else:
         set_state_dict(model, optimizer, model_state_dict=state[MODEL_KEY], optim_state_dict=state[OPTIMIZER_KEY])
     log0(ctx, logger, "loaded sharded checkpoint from %s", folder)
+
+
+# ---- reading a DCP folder without running code from it -------------------------------------------
+METADATA_FILE = ".metadata"
+_INDEX_CLASSES = frozenset(
+    (cls.__module__, cls.__qualname__) for cls in (
+        dcp_metadata.Metadata, dcp_metadata.MetadataIndex, dcp_metadata.StorageMeta, dcp_metadata.TensorProperties,
+        dcp_metadata.TensorStorageMetadata, dcp_metadata.BytesStorageMetadata, dcp_metadata.ChunkStorageMetadata,
+        dcp_metadata._MEM_FORMAT_ENCODING, _StorageInfo, torch.Size,
+    )
+) | {("torch", "Size"), ("torch.serialization", "_get_layout"), ("collections", "OrderedDict")} | {
+    ("pathlib", name) for name in ("Path", "PosixPath", "WindowsPath", "PurePath", "PurePosixPath", "PureWindowsPath")}
+"""(module, name) globals a DCP `.metadata` pickle may name: plain records, a shape, a path, and
+`_get_layout`, which maps a layout's name to the `torch.layout` object. Constructing any of them runs no
+user-chosen code."""
+
+
+class _IndexUnpickler(pickle.Unpickler):
+    def __init__(self, file: Any, path: Path) -> None:
+        super().__init__(file)
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _INDEX_CLASSES:
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):  # torch.float32, ...
+            return getattr(torch, name)
+        raise CheckpointError(f"{self.path}: refusing to load: it names {module}.{name}, which a "
+                              "torch.distributed.checkpoint index never holds (a crafted or foreign file; "
+                              "nothing from it was run)")
+
+
+def read_dcp_metadata(folder: str | os.PathLike[str], rank: int | None = None) -> dcp_metadata.Metadata:
+    """The index of a DCP checkpoint folder, unpickled with an allow-list (module docstring) and checked.
+
+    Raises `CheckpointError` naming the file for a missing, corrupt, crafted or inconsistent index.
+    """
+    folder = Path(folder)
+    path = folder / (METADATA_FILE if rank is None else f"__{rank}{METADATA_FILE}")
+    if not path.is_file():
+        raise CheckpointError(f"{folder} is not a DCP checkpoint folder (no {METADATA_FILE} file)")
+    try:
+        with open(path, "rb") as f:
+            metadata = _IndexUnpickler(f, path).load()
+    except CheckpointError:
+        raise
+    except Exception as err:  # truncated or garbage bytes: UnpicklingError, EOFError, ValueError, ...
+        raise CheckpointError(f"{path}: not a readable DCP index ({type(err).__name__}: {err})") from None
+    if not isinstance(metadata, dcp_metadata.Metadata):
+        raise CheckpointError(f"{path}: not a DCP index (holds a {type(metadata).__name__})")
+    entries = (dcp_metadata.TensorStorageMetadata, dcp_metadata.BytesStorageMetadata)
+    for key, entry in metadata.state_dict_metadata.items():
+        if not isinstance(key, str) or not isinstance(entry, entries):
+            raise CheckpointError(f"{path}: entry {key!r} is a {type(entry).__name__}, not tensor or bytes metadata")
+    for index, info in (metadata.storage_data or {}).items():
+        name = getattr(info, "relative_path", None)
+        if not (isinstance(info, _StorageInfo) and isinstance(name, str) and name == Path(name).name
+                and name not in ("", ".", "..") and "\\" not in name and not info.transform_descriptors):
+            raise CheckpointError(f"{path}: entry {getattr(index, 'fqn', index)!r} points outside the folder "
+                                  f"or through a transform ({info!r})")
+    return metadata
+
+
+class _SafeReader(dcp.FileSystemReader):
+    """DCP's file reader with the allow-list index reader."""
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> dcp_metadata.Metadata:
+        metadata = read_dcp_metadata(Path(self.path), kwargs.get("rank"))
+        storage_meta = metadata.storage_meta or dcp_metadata.StorageMeta()
+        storage_meta.load_id = self.load_id  # as the base class does
+        metadata.storage_meta = storage_meta
+        return metadata
+
+
+class _SafePlanner(dcp.DefaultLoadPlanner):
+    """DCP's load planner, reading non-tensor entries with `weights_only=True` instead of plain pickle."""
+
+    def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
+        try:
+            obj = torch.load(value, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise CheckpointError(f"entry {read_item.dest_index.fqn!r} holds something other than plain data "
+                                  f"(refused, nothing run): {str(err).splitlines()[0]}") from None
+        plain = io.BytesIO()
+        torch.save(obj, plain)  # what the base class reads back: plain data we just wrote ourselves
+        plain.seek(0)
+        super().load_bytes(read_item, plain)
+
+
+def _safe_dcp_load(state: dict[str, Any], folder: Path, *, single_process: bool) -> None:
+    try:
+        with _dcp_call(single_process=single_process):
+            dcp.load(state, storage_reader=_SafeReader(folder), planner=_SafePlanner(), no_dist=single_process)
+    except CheckpointException as err:  # DCP gathers every rank's failure into one BaseException
+        causes = [exc for exc, _ in err.failures.values()]
+        ours = next((c for c in causes if isinstance(c, CheckpointError)), None)
+        if ours is not None:
+            raise CheckpointError(f"{folder}: {ours}") from None
+        first = causes[0] if causes else err
+        raise CheckpointError(f"{folder}: cannot be loaded ({type(first).__name__}: "
+                              f"{str(first).strip().splitlines()[-1] if str(first).strip() else ''})") from None
+    except CheckpointError as err:
+        raise CheckpointError(f"{folder}: {err}") from None
+
+
+def check_model_shapes(model_state: Mapping[str, Any], metadata: dcp_metadata.Metadata, folder: Path) -> None:
+    """Refuse a checkpoint of another model: name the first parameter missing, extra, or of another shape."""
+    saved = {k[len(MODEL_KEY) + 1:]: v for k, v in metadata.state_dict_metadata.items()
+             if k.startswith(f"{MODEL_KEY}.")}
+    if not saved:
+        raise CheckpointError(f"{folder} holds no model weights (no {MODEL_KEY}.* entries)")
+    for name, value in model_state.items():
+        entry = saved.get(name)
+        if entry is None:
+            raise CheckpointError(f"{folder}: parameter {name!r} of this model is not in the checkpoint "
+                                  f"(a checkpoint of a different model?)")
+        if not isinstance(entry, dcp_metadata.TensorStorageMetadata) or tuple(entry.size) != tuple(value.shape):
+            shape = tuple(entry.size) if isinstance(entry, dcp_metadata.TensorStorageMetadata) else "no tensor"
+            raise CheckpointError(f"{folder}: parameter {name!r} has shape {shape} in the checkpoint but "
+                                  f"{tuple(value.shape)} in this model (a checkpoint of a different model size?)")
+    extra = sorted(set(saved) - set(model_state))
+    if extra:
+        raise CheckpointError(f"{folder}: the checkpoint has parameter {extra[0]!r}, which this model lacks "
+                              f"({len(extra)} in all; a checkpoint of a different model size?)")
 
 
 def consolidate_to_release(
@@ -371,15 +545,13 @@ def consolidate_to_release(
         `out_dir` as a Path.
     """
     folder = Path(dcp_dir)
-    if not (folder / ".metadata").is_file():
-        raise ValueError(f"{folder} is not a DCP checkpoint folder (no .metadata file)")
+    metadata = read_dcp_metadata(folder)  # before anything else reads the folder: the allow-list reader
     if config is None:
         if not (folder / CONFIG_NAME).is_file():
             raise ValueError(f"{folder} has no {CONFIG_NAME}; pass the model's config explicitly")
         config = ModelConfig.from_json(folder / CONFIG_NAME)
-    metadata = dcp.FileSystemReader(folder).read_metadata().state_dict_metadata
     embed_key = f"{MODEL_KEY}.embed.weight"
-    embed = metadata.get(embed_key)
+    embed = metadata.state_dict_metadata.get(embed_key)
     if not isinstance(embed, dcp.TensorStorageMetadata):
         raise ValueError(f"{folder} holds no MMaDA model weights (no {embed_key!r} entry)")
     store = resolve_dtype(dtype) if dtype is not None else embed.properties.dtype
@@ -387,11 +559,8 @@ def consolidate_to_release(
         model = MMaDAModel(config)
     model = model.to(store).to_empty(device="cpu")  # cast while on meta: never an fp32 copy of 8B
     state = {MODEL_KEY: model.state_dict()}
-    missing = sorted(f"{MODEL_KEY}.{k}" for k in state[MODEL_KEY] if f"{MODEL_KEY}.{k}" not in metadata)
-    if missing:
-        raise ValueError(f"{folder} does not match the config: {missing[0]!r} is missing ({len(missing)} in all)")
-    with _dcp_call(single_process=True):
-        # Reads into the (aliased) tensors of model.state_dict(): no second copy of the weights.
-        dcp.load(state, checkpoint_id=folder, no_dist=True)
+    check_model_shapes(state[MODEL_KEY], metadata, folder)
+    # Reads into the (aliased) tensors of model.state_dict(): no second copy of the weights.
+    _safe_dcp_load(state, folder, single_process=True)
     shard_bytes = DEFAULT_SHARD_BYTES if max_shard_bytes is None else max_shard_bytes
     return save_model(model, out_dir, max_shard_bytes=shard_bytes)

@@ -1,11 +1,14 @@
 """Where training metrics go: a `MetricsSink` protocol, a jsonl file (always), TensorBoard and W&B (optional).
 
-Inference never imports this module; the optional packages are imported only when a run asks for them.
+Inference never imports this module; the optional packages are imported only when a run asks for them, and
+`check_sinks` (called before the model is built) turns a missing one into a `MissingPackageError` with the
+`pip install` line, instead of a traceback after the model has loaded.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -13,6 +16,30 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .config import LogConfig
+
+
+class MissingPackageError(ImportError):
+    """A metrics sink is enabled but its package is not installed; the message has the `pip install` line."""
+
+
+_OPTIONAL = {"tensorboard": ("torch.utils.tensorboard", "tensorboard"), "wandb": ("wandb", "wandb")}
+"""`LogConfig` switch -> (module to import, package to pip install)."""
+
+
+def _require(switch: str) -> Any:
+    module, package = _OPTIONAL[switch]
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingPackageError(f"`log.{switch}` is on but the `{package}` package is not installed: "
+                                  f"pip install {package} (or set log.{switch}=false)", name=package) from None
+
+
+def check_sinks(log: LogConfig) -> None:
+    """Raise `MissingPackageError` now if an enabled sink's package is missing."""
+    for switch in _OPTIONAL:
+        if getattr(log, switch):
+            _require(switch)
 
 
 class MetricsSink(Protocol):
@@ -54,9 +81,7 @@ def open_sinks(log: LogConfig, run_dir: Path, config: Mapping[str, Any], resume_
     run_dir.mkdir(parents=True, exist_ok=True)
     sinks: list[Any] = [JsonlSink(run_dir / "metrics.jsonl", resume_step)]
     if log.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter  # needs the optional `tensorboard` package
-
-        tb = SummaryWriter(str(run_dir / "tensorboard"))
+        tb = _require("tensorboard").SummaryWriter(str(run_dir / "tensorboard"))
 
         def add_scalars(metrics: Mapping[str, float], step: int) -> None:
             for key, value in metrics.items():
@@ -64,8 +89,7 @@ def open_sinks(log: LogConfig, run_dir: Path, config: Mapping[str, Any], resume_
 
         sinks.append(CallbackSink(add_scalars, tb.close))
     if log.wandb:
-        import wandb  # optional, never required
-
+        wandb = _require("wandb")
         run_id = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16]  # the same W&B run on resume
         run = wandb.init(project=log.wandb_project, dir=str(run_dir), config=dict(config), id=run_id, resume="allow")
         sinks.append(CallbackSink(lambda m, s: run.log(dict(m), step=s), run.finish))

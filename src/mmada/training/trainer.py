@@ -10,6 +10,10 @@ One optimizer step (`Trainer.train_step`):
     clip the global gradient norm; AdamW step; scheduler step; average the logged numbers over processes
 
 SIGTERM / SIGINT finish the current step, write a checkpoint and return; a second signal acts as usual.
+A run that diverges stops with `NonFiniteLossError` after `optim.nonfinite_patience` consecutive steps with
+a non-finite loss, and weights that became non-finite are never checkpointed (the last good checkpoint
+stays the latest). The main process holds the run folder's lock (`training.run_lock`) for the whole run,
+so a second run on the same folder is refused.
 `fit(resume=True)` restores weights, AdamW, scheduler, every RNG and the data cursor, so a stopped run
 continues exactly (bit for bit on CPU) as if it had not stopped. Everything distributed goes through
 `training.distributed` (the only module importing torch.distributed), imported when training starts.
@@ -38,13 +42,19 @@ from ..utils.device import default_device
 from .config import TrainConfig, build_model, load_tokenizers
 from .data import BatchSource, build_source
 from .hooks import EvalHook, PipelineHooks, PreviewHook
-from .metrics import MetricsSink, open_sinks
+from .metrics import MetricsSink, check_sinks, open_sinks
 from .objectives import MaskedDiffusionObjective, Objective
 from .optim import build_optimizer, build_scheduler
+from .run_lock import RunFolderError, RunLock, RunLockedError
 from .tasks import TRAINING_TASKS
 
 logger = logging.getLogger(__name__)
 
+
+
+class NonFiniteLossError(ValueError):
+    """Training diverged (NaN/inf loss or weights). A `ValueError`: the fix is a setting (learning rate,
+    clipping, data), and the CLI reports it in one line with a non-zero exit code."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,7 @@ class Trainer:
         self.bf16 = _use_bf16(self.ctx.device, config.model.mixed_precision)
         self.step, self._saved_step = 0, -1
         self._signal: int | None = None
+        self._nonfinite = 0  # consecutive steps with a non-finite loss
 
     def train_step(self, batches: Iterator[Mapping[str, TokenLayout]]) -> dict[str, float]:
         """One optimizer step over `batch.grad_accum` micro-batches; returns its metrics (process means)."""
@@ -142,7 +153,9 @@ class Trainer:
                     self.step += 1
                     bar.update(1)
                     bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+                    self._nonfinite = 0 if math.isfinite(metrics["loss"]) else self._nonfinite + 1
                     self._after_step(metrics, sinks)
+                    self._check_diverged(metrics["loss"])
                 stopped = self._signal if self.step < end else None
                 checkpoint = self.save()
         finally:
@@ -164,6 +177,22 @@ class Trainer:
         if self.config.checkpoint.every and step % self.config.checkpoint.every == 0:
             self.save()
 
+    def _check_diverged(self, loss: float) -> None:
+        patience = self.config.optim.nonfinite_patience
+        if self._nonfinite == 0:
+            return
+        logger.warning("step %d: non-finite loss (%s), %d in a row", self.step, loss, self._nonfinite)
+        if patience and self._nonfinite >= patience:
+            raise NonFiniteLossError(
+                f"step {self.step}: the loss was non-finite ({loss}) for {self._nonfinite} consecutive step(s) "
+                f"(`optim.nonfinite_patience` = {patience}); stopped. {self._last_good()} Lower `optim.lr`, "
+                "check `optim.max_grad_norm` and the data, then resume or restart.")
+
+    def _last_good(self) -> str:
+        latest = train_state.find_latest(self.run_dir)
+        return (f"The last good checkpoint is {latest} (--resume continues from it)." if latest is not None
+                else "No checkpoint was written.")
+
     def _hook(self, hook: Callable[..., Any], *args: Any) -> Any:
         self.model.eval()
         with torch.no_grad():
@@ -173,6 +202,9 @@ class Trainer:
         """Checkpoint the current step (at most once per step); returns its folder."""
         if self._saved_step == self.step:
             return train_state.find_latest(self.run_dir)
+        if self.config.optim.nonfinite_patience and not self.dist.all_finite(self.model, self.ctx):
+            raise NonFiniteLossError(f"step {self.step}: the weights hold non-finite values (NaN/inf), so they are "
+                                     f"not checkpointed. {self._last_good()} Lower `optim.lr` and check the data.")
         path = train_state.save_checkpoint(
             self.run_dir, self.step, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
             data_state=self.source.state_dict(), config=self.config.to_dict(), generators={"masking": self.generator},
@@ -202,7 +234,7 @@ class Trainer:
     def _collective(self) -> train_state.Collective:
         d, ctx = self.dist, self.ctx
         return train_state.Collective(
-            rank=ctx.rank, world_size=ctx.world_size, barrier=lambda: d.barrier(ctx),
+            rank=ctx.rank, world_size=ctx.world_size, barrier=lambda: d.barrier(ctx), agree=lambda ok: d.agree(ok, ctx),
             save_sharded=lambda model, optimizer, path: d.save_sharded(model, optimizer, path, ctx),
             load_sharded=lambda model, optimizer, path: d.load_sharded(model, optimizer, path, ctx))
 
@@ -237,9 +269,11 @@ def run_training(config: TrainConfig, *, resume: bool = False, model: MMaDAModel
     """Build the run `config` describes and train it. The caller seeds first (`seed_everything`).
 
     `model` / `source` replace the configured ones (tests, notebooks). Without `resume`, a run folder that
-    already holds checkpoints is refused rather than overwritten.
+    already holds checkpoints is refused rather than overwritten; a folder another live run holds is refused
+    (`RunLockedError`), and one that cannot be written is a `RunFolderError`, both before any weights load.
     """
     run_dir = Path(config.log.run_dir)
+    check_sinks(config.log)
     if not resume and (found := train_state.find_latest(run_dir)) is not None:
         raise ValueError(f"`log.run_dir` {run_dir} already holds checkpoints ({found.name}); pass --resume to "
                          "continue that run, or choose another --out")
@@ -247,7 +281,9 @@ def run_training(config: TrainConfig, *, resume: bool = False, model: MMaDAModel
     ctx = dist.init_distributed(device=None if config.device == "auto" else config.device)
     if ctx.world_size == 1 and config.device == "auto":  # one process picks like the rest of mmada: mps too
         ctx = dataclasses.replace(ctx, device=default_device())
+    lock = RunLock(run_dir) if ctx.is_main else None
     try:
+        _take_lock(lock, dist, ctx)
         model = (model if model is not None else build_model(config.model, ctx.device)).to(ctx.device)
         tokenizers = load_tokenizers(config.model, model, ctx.device)
         if source is None:
@@ -268,7 +304,22 @@ def run_training(config: TrainConfig, *, resume: bool = False, model: MMaDAModel
                           evaluate=evaluate, preview=preview, assets=tokenizers.files)
         return trainer.fit(resume=resume, max_steps=max_steps)
     finally:
+        if lock is not None:
+            lock.release()
         dist.teardown(ctx)
+
+
+def _take_lock(lock: RunLock | None, dist: Any, ctx: Any) -> None:
+    """The main process takes the run folder's lock; every process raises if it could not (no rank may go
+    on alone into collectives)."""
+    error: Exception | None = None
+    if lock is not None:
+        try:
+            lock.acquire()
+        except (RunLockedError, RunFolderError) as err:
+            error = err
+    if not dist.agree(error is None, ctx):
+        raise error or RunLockedError("the main process could not take the run folder's lock (see its error)")
 
 
 def _distributed() -> Any:
