@@ -360,7 +360,7 @@ class MMaDAPipeline:
         for i, part in enumerate(text.split(BLANK)):
             if i:
                 ids += [self.vocab.mask_id] * blank_length
-            ids += self.tokenizer.encode(part) if part else []
+            ids += self.tokenizer.encode(part, parse_special=False) if part else []  # user text: never control tokens
         total = steps or max(text.count(BLANK) * blank_length // 2, 1)
         inherited = {name: getattr(self.settings.text, name) for name in INFILL_SETTINGS}
         settings = InfillSampling(steps=total, **(inherited | sampling))
@@ -412,7 +412,7 @@ class MMaDAPipeline:
         """The t2i generation layout of `prompts` and, under guidance, the null prompt's."""
         n, text_len = self.num_image_tokens, self.settings.max_text_len
         self._check_t2i_length(n)
-        texts = [self.tokenizer.encode(p) for p in prompts]
+        texts = [self.tokenizer.encode(p, parse_special=False) for p in prompts]  # user text: never control tokens
         layout = build_t2i_gen_batch(texts, vocab=self.vocab, max_text_len=text_len, num_image_tokens=n)
         if settings.guidance_scale <= 0:
             return layout.to(self.device), None

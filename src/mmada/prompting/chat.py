@@ -15,11 +15,15 @@ sentence opens the CoT training prompts in training/data.py). The model then ans
 `<think> reasoning </think> answer`; `split_thinking` separates the two parts.
 
 We render to a string and tokenize the whole string, as `apply_chat_template` does: byte-level BPE
-merges "\\n" with the following text, so encoding the pieces separately would give other ids.
+merges "\\n" with the following text, so encoding the pieces separately would give other ids. A
+checkpoint whose tokenizer_config.json carries another `chat_template` is rendered with it (sandboxed
+Jinja, as `transformers`); the LLaDA template and a missing one give `render_chat`'s text. Special-token
+strings inside messages stay plain text (`encode_chat`): only the template emits control tokens.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -42,11 +46,31 @@ THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 
 
+# The `chat_template` of the LLaDA tokenizer_config.json, verbatim (generate.py / app.py install it; the
+# reference fixture records it). `render_chat` renders it in Python; `encode_chat` uses it when a checkpoint
+# ships no template or this one, and renders any other template with a sandboxed Jinja.
+LLADA_CHAT_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
+    "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\n'+ message['content'] | trim + "
+    "'<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
+    "{{ content }}{% endfor %}{{ '<|start_header_id|>assistant<|end_header_id|>\n' }}"
+)
+_PRIVATE_USE = range(0xE000, 0xF900)  # placeholder characters for special-token strings typed by a user
+
+
 class _Encoder(Protocol):
     @property
     def bos_token(self) -> str | None: ...
 
-    def encode(self, text: str) -> list[int]: ...
+    @property
+    def chat_template(self) -> str | None: ...
+
+    @property
+    def special_tokens(self) -> tuple[str, ...]: ...
+
+    def token_to_id(self, token: str) -> int | None: ...
+
+    def encode(self, text: str, *, parse_special: bool = True) -> list[int]: ...
 
 
 def validate_messages(messages: Sequence[Mapping[str, str]]) -> None:
@@ -109,14 +133,75 @@ def encode_chat(
     *,
     thinking: bool = False,
     add_generation_prompt: bool = True,
+    allow_special_tokens: bool = False,
 ) -> list[int]:
-    """Token ids of `render_chat(messages)` with the tokenizer's bos (starts with bos)."""
+    """Token ids of the conversation rendered with the tokenizer's chat template (starts with bos).
+
+    The template is the checkpoint's `chat_template` (tokenizer_config.json), or the LLaDA one
+    (`render_chat`) when it ships none. Special-token strings inside the messages (a user typing
+    `<|eot_id|>`) are encoded as plain text, so only the template itself produces control tokens;
+    `allow_special_tokens=True` parses them instead (trusted messages).
+    """
     if tokenizer.bos_token is None:
         raise ValueError("the tokenizer has no bos token; the chat template starts with it")
-    text = render_chat(
-        messages, bos_token=tokenizer.bos_token, thinking=thinking, add_generation_prompt=add_generation_prompt
-    )
-    return tokenizer.encode(text)
+    messages = with_thinking(messages) if thinking else messages
+    validate_messages(messages)
+    specials = () if allow_special_tokens else tuple(sorted(tokenizer.special_tokens, key=len, reverse=True))
+    if not specials:
+        return tokenizer.encode(apply_chat_template(tokenizer, messages, add_generation_prompt=add_generation_prompt))
+    pattern = re.compile("|".join(map(re.escape, specials)))
+    # Stand-ins for the specials a message holds: the template's own control tokens are then the only
+    # special strings in the rendered text, which is encoded piece by piece between them (the tokenizer
+    # splits at special tokens anyway, so ordinary messages get exactly the ids of a whole-text encode).
+    mark = chr(next(c for c in _PRIVATE_USE if not any(chr(c) in m["content"] for m in messages)))
+    typed: list[str] = []
+
+    def stand_in(match: re.Match[str]) -> str:
+        typed.append(match.group(0))
+        return f"{mark}{len(typed) - 1}{mark}"
+
+    safe = [{"role": m["role"], "content": pattern.sub(stand_in, m["content"])} for m in messages]
+    text = apply_chat_template(tokenizer, safe, add_generation_prompt=add_generation_prompt)
+    restore = re.compile(f"{mark}(\\d+){mark}")
+    ids: list[int] = []
+    for piece in re.split(f"({pattern.pattern})", text):
+        if piece in specials:
+            ids.append(_require_id(tokenizer, piece))
+        elif piece:
+            ids += tokenizer.encode(restore.sub(lambda m: typed[int(m.group(1))], piece), parse_special=False)
+    return ids
+
+
+def apply_chat_template(
+    tokenizer: _Encoder, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True
+) -> str:
+    """The conversation rendered with the tokenizer's template: `render_chat` for the LLaDA template (or
+    none), else the checkpoint's Jinja template in a sandbox, as `transformers` renders it."""
+    bos = tokenizer.bos_token or ""
+    template = tokenizer.chat_template
+    if template is None or template == LLADA_CHAT_TEMPLATE:
+        return render_chat(messages, bos_token=bos, add_generation_prompt=add_generation_prompt)
+    import jinja2  # a torch dependency
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise jinja2.TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.globals["raise_exception"] = raise_exception
+    names = {f"{role}_token": getattr(tokenizer, f"{role}_token", None) for role in ("eos", "pad", "mask")}
+    try:
+        return env.from_string(template).render(messages=[dict(m) for m in messages], bos_token=bos,
+                                                add_generation_prompt=add_generation_prompt, **names)
+    except jinja2.TemplateError as err:
+        raise ValueError(f"the tokenizer's chat_template cannot render these messages: {err}") from None
+
+
+def _require_id(tokenizer: _Encoder, token: str) -> int:
+    token_id = tokenizer.token_to_id(token)
+    if token_id is None:
+        raise ValueError(f"special token {token!r} is not in the tokenizer vocabulary")
+    return token_id
 
 
 @dataclass(frozen=True)

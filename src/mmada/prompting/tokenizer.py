@@ -9,6 +9,8 @@ them and mirrors the few `transformers` behaviours the official code relies on:
   offset (126349 for LLaDA, see `mmada.prompting.vocab`).
 * `encode` never adds bos: the LLaDA tokenizer has no post-processor, and the layout builders insert bos
   themselves, as Gen-Verse/MMaDA training/prompting_utils.py does.
+* `encode(text, parse_special=False)` encodes special-token strings as plain text (`encode_special_tokens`
+  of `tokenizers`): user text goes through it, so typing `<|eot_id|>` cannot end a turn.
 * `decode(..., skip_special_tokens=True)` drops every token flagged special (bos, eos, headers, mask, ...).
 """
 
@@ -55,6 +57,7 @@ class TextTokenizer:
                 raise ValueError(f"{role} token {token!r} is not in the tokenizer vocabulary")
             self._ids[role] = token_id
         self._chat_template = chat_template
+        self._plain: Tokenizer | None = None
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike[str]) -> TextTokenizer:
@@ -90,13 +93,32 @@ class TextTokenizer:
         """Number of tokens including added ones, as `len(PreTrainedTokenizerFast)`."""
         return self._tokenizer.get_vocab_size(with_added_tokens=True)
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of `text`; special-token strings in it become their ids; no bos is added."""
-        return self._tokenizer.encode(text, add_special_tokens=False).ids
+    def encode(self, text: str, *, parse_special: bool = True) -> list[int]:
+        """Token ids of `text`; no bos is added.
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        `parse_special=True` (the `transformers` behaviour): special-token strings in `text` become
+        their ids, for trusted text such as a rendered template or training data. False: they are
+        encoded as the plain characters they are, so text typed by a user (`"<|eot_id|>"`) can never
+        become a control token.
+        """
+        return self._for(parse_special).encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str], *, parse_special: bool = True) -> list[list[int]]:
         """`encode` for many texts (parallel inside `tokenizers`)."""
-        return [e.ids for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+        return [e.ids for e in self._for(parse_special).encode_batch(list(texts), add_special_tokens=False)]
+
+    def _for(self, parse_special: bool) -> Tokenizer:
+        if parse_special:
+            return self._tokenizer
+        if self._plain is None:  # a copy, so that the shared tokenizer's setting never flips under a caller
+            self._plain = Tokenizer.from_str(self._tokenizer.to_str())
+            self._plain.encode_special_tokens = True
+        return self._plain
+
+    @property
+    def special_tokens(self) -> tuple[str, ...]:
+        """The strings of every token flagged special (bos, eos, mask, chat headers, reserved slots)."""
+        return tuple(t.content for t in self._tokenizer.get_added_tokens_decoder().values() if t.special)
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         """Text of `ids`; ids outside the text vocabulary (image tokens) are ignored."""
