@@ -208,6 +208,9 @@ def test_special_ids_must_agree_with_the_tokenizer(tokenizer: TextTokenizer, key
          r"prompt \(\d{4,}\) \+ gen_length \(128\) = \d+ tokens exceeds the model's max_sequence_length \(512\)"),
         (lambda p: p.understand(torch.zeros(64, dtype=torch.long), "why " * 1000),
          r"gen_length \(128\) = \d+ tokens exceeds the model's max_sequence_length \(512\)"),
+        (lambda p: p.extrapolate(torch.zeros(64, dtype=torch.long), "a cat", pad=(0, 0, 0, 100_000)),
+         r"`max_text_len` \(64\) \+ 800064 image tokens \+ 3 = 800131 tokens exceeds the model's "
+         r"max_sequence_length \(512\)"),
         (lambda p: p.text_to_image("a cat", timesteps=100_000),
          r"`timesteps` \(100000\) must be <= the 64 image tokens"),
         (lambda p: p.infill("a [BLANK] b", blank_length=100_000),

@@ -465,6 +465,10 @@ class MMaDAPipeline:
         """Extend `image` by `pad` = (top, bottom, left, right) rows/columns of codes under `prompt`
         (`sampling.iter_extrapolate_image`)."""
         settings = self.image_settings(sampling, **overrides)
+        if len(pad) != 4 or min(pad) < 0:
+            raise ValueError(f"`pad` {pad} must be 4 non-negative counts (top, bottom, left, right)")
+        side = math.isqrt(self.num_image_tokens)
+        self._check_t2i_length((side + pad[0] + pad[1]) * (side + pad[2] + pad[3]))  # before allocating the grid
         layout, uncond, side = self._image_layouts(image, prompt, settings)
         with torch.inference_mode():
             last = last_step(iter_extrapolate_image(self.model, layout, settings, self.vocab, grid=(side, side),
