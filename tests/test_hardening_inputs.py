@@ -124,6 +124,8 @@ def test_pipeline_json_refuses_non_finite_settings(tmp_path: Path, data: dict, m
         (lambda: TextSampling(threshold=NAN), "`threshold` (nan) must be in (0, 1]"),
         (lambda: TextSampling(threshold=1.5), "`threshold` (1.5) must be in (0, 1]"),
         (lambda: TextSampling(gen_length=32, block_length=32, steps=64), "`steps` (64) must be <= `gen_length` (32)"),
+        (lambda: TextSampling(gen_length="128"), "`gen_length` must be an integer, got '128'"),
+        (lambda: ImageSampling(timesteps=2.5), "`timesteps` must be an integer, got 2.5"),
         (lambda: ImageSampling(guidance_scale=NAN), "`guidance_scale` (nan) must be a finite number >= 0"),
         (lambda: ImageSampling(guidance_scale=INF), "`guidance_scale` (inf) must be a finite number >= 0"),
         (lambda: ImageSampling(temperature=NAN), "`temperature` (nan) must be a finite number >= 0"),
@@ -238,6 +240,7 @@ def test_pipeline_bounds_the_work_before_any_model_call(pipe: MMaDAPipeline, cal
         ({"max_text_len": 480}, r"`max_text_len` \(480\) \+ 64 image tokens \+ 3 = 547 tokens exceeds the model's "
                                 r"max_sequence_length \(512\)"),
         ({"max_text_len": 0}, r"`max_text_len` must be a positive integer, got 0"),
+        ({"max_text_length": 64}, r"unknown pipeline setting 'max_text_length'; valid settings: \['max_text_len', "),
     ],
 )
 def test_max_text_len_must_fit_the_model(settings: dict, message: str) -> None:

@@ -20,7 +20,7 @@ import logging
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -184,6 +184,10 @@ class MMaDAPipeline:
         (`image_tokenizer/`, `vq_model/`, `magvitv2/`), else `showlab/magvitv2` when the model has the
         official 8192-code vocabulary. `settings` override `mmada_pipeline.json` (e.g. `max_text_len`).
         """
+        valid = [f.name for f in fields(PipelineSettings)]
+        for key in settings:
+            if key not in valid:
+                raise ValueError(f"unknown pipeline setting {key!r}; valid settings: {valid}")
         folder = resolve_folder(path_or_id)
         model = load_model(folder, dtype=dtype, device=device)
         tokenizer = TextTokenizer.from_pretrained(folder)

@@ -166,6 +166,8 @@ def check_names(
 
 def _at_least_one(**values: int) -> None:
     for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"`{name}` must be an integer, got {value!r}")
         if value < 1:
             raise ValueError(f"`{name}` ({value}) must be >= 1")
 
