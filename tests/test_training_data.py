@@ -129,7 +129,7 @@ def test_jsonl_broken_line_is_skipped_and_counted(files, caplog):
         records, skipped = read_epoch(spec, [str(files["docs.jsonl"])])
     assert sorted(r.text.split()[1] for r in records) == ["0", "1", "2", "3", "4"]
     assert skipped == {"bad_json": 1, "missing_field": 1}
-    assert "(line 6)" in caplog.text and "docs.jsonl:5" in caplog.text
+    assert "docs.jsonl:6: Expecting" in caplog.text and "first at " in caplog.text
 
 
 def test_csv_and_jsonl_chat_records(files):

@@ -333,8 +333,10 @@ class MixtureSource:
         return task, layout
 
     def metrics(self) -> dict[str, Any]:
-        """Batches so far, skipped records by reason, micro-batches per sub-source."""
-        return {"batches": self.batches, "skipped": dict(self.skips.counts), "picks": dict(self.picks)}
+        """Batches so far, skipped records by reason (and where the first of each was), micro-batches per
+        sub-source."""
+        return {"batches": self.batches, "skipped": dict(self.skips.counts), "first_skipped": dict(self.skips.first),
+                "picks": dict(self.picks)}
 
     def state_dict(self) -> dict[str, Any]:
         streams = {f"{slot.name}/{sub}": s.state_dict() for slot in self.slots for sub, s in slot.streams.items()}
@@ -351,6 +353,7 @@ class MixtureSource:
         self.batches = int(state["batches"])
         self.skips.counts.clear()
         self.skips.counts.update(state["skipped"])
+        self.skips.first = dict(state.get("first_skipped", {}))  # absent from states saved before it existed
         self.picks = Counter(state["picks"])
         self._iters.clear()  # reopen every stream at its restored cursor
 

@@ -6,8 +6,11 @@ its file and index; it never stops a run. Formats (`ADAPTERS`):
 
 * `webdataset`: tar shards of `<key>.jpg|png|webp` + `<key>.txt|caption|json` members, grouped by key as
   webdataset does (Gen-Verse/MMaDA training/data.py `tarfile_to_samples_nothrow`), read with `tarfile`.
-* `jsonl`: `{"text": ...}` documents; `parquet`: one text column (`content`, as parquet/my_dataset.py
-  `RefinedWebDataset` / `ChatDataset`), needs the optional `pyarrow`.
+* `jsonl`: `{"text": ...}` documents, streamed: one pass indexes the byte offset of every non-blank line
+  (16 bytes a line), then lines are read one at a time, so a file is never held in memory whole and one
+  bad line (a byte that is not UTF-8, broken json) skips that record only, reported as `file:line`.
+* `parquet`: one text column (`content`, as parquet/my_dataset.py `RefinedWebDataset` / `ChatDataset`),
+  needs the optional `pyarrow`.
 * `jsonl_chat`: `{"messages": [...]}` (or LLaVA `{"conversations": [...]}`), `{"content": "<rendered chat>"}`
   or CoT `{"question", "reasoning", "answer"}`; an optional `"image"` path makes it an understanding record.
 * `csv`: image path + question + answer columns, as the official ai2d / clevr / docvqa / geo CoT CSVs.
@@ -29,6 +32,7 @@ import re
 import tarfile
 import types
 import zlib
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -46,6 +50,7 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 _LOG_FIRST = 10  # warn for the first skips of each reason, then every _LOG_EVERY-th
 _LOG_EVERY = 1000
+_SURROGATE = re.compile("[\udc80-\udcff]")  # what errors="surrogateescape" makes of a byte that is not UTF-8
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,12 @@ class Skip:
 
     reason: str
     detail: str
+    where: str = ""
+    """Its location (`file:line` for jsonl); default: the start of `detail`, up to its first `: `."""
+
+    @property
+    def location(self) -> str:
+        return self.where or self.detail.split(": ", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -127,16 +138,25 @@ class SourceSpec:
 
 
 class SkipCounter:
-    """Counts skipped records by reason and logs them (the first few per reason, then 1 in 1000)."""
+    """Counts skipped records by reason and logs them (the first few per reason, then 1 in 1000), each log
+    line with the count so far and the location of the first record skipped for that reason."""
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
+        self.first: dict[str, str] = {}
+        """reason -> location of the first record skipped for it (`file:line`, `file:index (key)`)."""
 
     def add(self, skip: Skip) -> None:
         self.counts[skip.reason] += 1
+        self.first.setdefault(skip.reason, skip.location)
         n = self.counts[skip.reason]
         if n <= _LOG_FIRST or n % _LOG_EVERY == 0:
-            logger.warning("skipped record (%s, %d so far): %s", skip.reason, n, skip.detail)
+            logger.warning("skipped record (%s, %d so far, first at %s): %s", skip.reason, n, self.first[skip.reason],
+                           skip.detail)
+
+    def summary(self) -> str:
+        """`bad_utf8: 1 (first at a.jsonl:17), bad_json: 2 (first at ...)`, or `none`."""
+        return ", ".join(f"{r}: {n} (first at {self.first.get(r, '?')})" for r, n in self.counts.items()) or "none"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -246,24 +266,68 @@ def _read_rows(
         yield parse(rows[order[pos]], f"{path}:{order[pos]}") if keep(pos) else None
 
 
-def _jsonl_lines(path: str) -> list[tuple[int, str]]:
-    with open(path, encoding="utf-8") as f:
-        return [(n, line) for n, line in enumerate(f, start=1) if line.strip()]
+def _line_index(path: str) -> tuple[array, array]:
+    """(line numbers, byte offsets) of the non-blank lines of `path`, read in one streaming pass."""
+    numbers, offsets = array("q"), array("q")
+    offset = 0
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            if raw.strip():
+                numbers.append(n)
+                offsets.append(offset)
+            offset += len(raw)
+    return numbers, offsets
 
 
-def _json_object(row: tuple[int, str], origin: str) -> tuple[dict[str, Any] | Skip, str]:
-    """The json object of a jsonl line, or a Skip; and the origin with its line number."""
-    n, line = row
-    origin = f"{origin} (line {n})"
+def read_jsonl_lines(
+    path: str, parse: Callable[[str, str], Record | Skip], start: int, keep: Callable[[int], bool],
+    rng: random.Random | None,
+) -> Iterator[Item]:
+    """The records of a jsonl file, one line read at a time, rows permuted with `rng`.
+
+    Positions count non-blank lines. `parse(line, origin)` gets `file:line` (1-based) as the origin; a line
+    that is not UTF-8 becomes a `bad_utf8` skip of that record alone.
+    """
+    try:
+        numbers, offsets = _line_index(path)
+    except OSError as err:
+        yield Skip("unreadable_file", f"{path}: {err}", where=path)
+        return
+    order = list(range(len(offsets)))
+    if rng is not None:
+        rng.shuffle(order)
+    try:
+        with open(path, "rb") as f:
+            for pos in range(start, len(order)):
+                if not keep(pos):
+                    yield None
+                    continue
+                row = order[pos]
+                origin = f"{path}:{numbers[row]}"
+                f.seek(offsets[row])
+                raw = f.readline()
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    yield Skip("bad_utf8", f"{origin}: not UTF-8 (byte 0x{raw[err.start]:02x} at column "
+                               f"{err.start + 1})", where=origin)
+                    continue
+                yield parse(line, origin)
+    except OSError as err:  # the file vanished or became unreadable mid-read
+        yield Skip("unreadable_file", f"{path}: {err}", where=path)
+
+
+def _json_object(line: str, origin: str) -> dict[str, Any] | Skip:
+    """The json object of a jsonl line, or a Skip naming `origin` (`file:line`)."""
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as err:
-        return Skip("bad_json", f"{origin}: {err}"), origin
-    return (obj if isinstance(obj, dict) else Skip("bad_json", f"{origin}: not a json object")), origin
+        return Skip("bad_json", f"{origin}: {err}", where=origin)
+    return obj if isinstance(obj, dict) else Skip("bad_json", f"{origin}: not a json object", where=origin)
 
 
-def _parse_jsonl(row: tuple[int, str], origin: str, spec: SourceSpec) -> Record | Skip:
-    obj, origin = _json_object(row, origin)
+def _parse_jsonl(line: str, origin: str, spec: SourceSpec) -> Record | Skip:
+    obj = _json_object(line, origin)
     if isinstance(obj, Skip):
         return obj
     text = obj.get(spec.text_key)
@@ -302,8 +366,8 @@ def _messages(obj: dict[str, Any], origin: str) -> tuple[dict[str, str], ...] | 
     return tuple({"role": m["role"], "content": m["content"]} for m in messages)
 
 
-def _parse_jsonl_chat(row: tuple[int, str], origin: str, spec: SourceSpec) -> Record | Skip:
-    obj, origin = _json_object(row, origin)
+def _parse_jsonl_chat(line: str, origin: str, spec: SourceSpec) -> Record | Skip:
+    obj = _json_object(line, origin)
     if isinstance(obj, Skip):
         return obj
     image = _open_image(spec.image_root, obj["image"], origin) if "image" in obj else None
@@ -324,11 +388,14 @@ def _parse_jsonl_chat(row: tuple[int, str], origin: str, spec: SourceSpec) -> Re
 
 
 def _csv_rows(path: str) -> list[dict[str, str]]:
-    with open(path, encoding="utf-8", newline="") as f:
+    # surrogateescape: a byte that is not UTF-8 spoils its row only (`_parse_csv` skips it), not the file
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
         return list(csv.DictReader(f))
 
 
 def _parse_csv(row: dict[str, str], origin: str, spec: SourceSpec) -> Record | Skip:
+    if any(isinstance(v, str) and not v.isascii() and _SURROGATE.search(v) for v in row.values()):
+        return Skip("bad_utf8", f"{origin}: a field is not UTF-8", where=origin)
     origin = f"{origin} ({row.get(spec.image_column, '?')})"
     question, answer = row.get(spec.question_column), row.get(spec.answer_column)
     if not question or not answer:
@@ -372,11 +439,18 @@ def _rows_adapter(load: Callable[[str, SourceSpec], list[Any]], parse: Callable[
     return read
 
 
+def _lines_adapter(parse: Callable[[str, str, SourceSpec], Record | Skip]) -> Adapter:
+    def read(path: str, spec: SourceSpec, start: int, keep: Callable[[int], bool], rng: random.Random | None):
+        return read_jsonl_lines(path, lambda line, origin: parse(line, origin, spec), start, keep, rng)
+
+    return read
+
+
 ADAPTERS: Mapping[str, Adapter] = types.MappingProxyType(
     {
         "webdataset": read_webdataset,
-        "jsonl": _rows_adapter(lambda p, s: _jsonl_lines(p), _parse_jsonl),
-        "jsonl_chat": _rows_adapter(lambda p, s: _jsonl_lines(p), _parse_jsonl_chat),
+        "jsonl": _lines_adapter(_parse_jsonl),
+        "jsonl_chat": _lines_adapter(_parse_jsonl_chat),
         "csv": _rows_adapter(lambda p, s: _csv_rows(p), _parse_csv),
         "parquet": _rows_adapter(lambda p, s: _parquet_column(p, s.column), _parse_parquet),
     }
