@@ -134,13 +134,26 @@ def export_model(
         shutil.copytree(resolve_asset(image_tokenizer), out / "image_tokenizer")
     settings = pipeline_settings(config)
     (out / "mmada_pipeline.json").write_text(json.dumps(settings.to_dict(), indent=2) + "\n", encoding="utf-8")
-    (out / "README.md").write_text(model_card(config, scores, seconds), encoding="utf-8")
+    architecture = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    (out / "README.md").write_text(model_card(config, scores, seconds, architecture), encoding="utf-8")
     return out
 
 
-def model_card(config: Any, scores: dict[str, Results], seconds: dict[str, float]) -> str:
-    """A short model card: what the model is, how it was made, how it scores."""
-    model = json.dumps({k: v for k, v in asdict(config.model).items() if k in ("init", "overrides")}, indent=1)
+CARD_ARCHITECTURE_KEYS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "mlp_hidden_size", "max_sequence_length",
+                          "llm_vocab_size", "codebook_size", "vocab_size", "num_vq_tokens", "rope_theta", "torch_dtype")
+"""The config.json keys the model card shows: the architecture of the weights that ship."""
+
+
+def model_card(config: Any, scores: dict[str, Results], seconds: dict[str, float],
+               architecture: dict[str, Any] | None = None) -> str:
+    """A short model card: what the model is, how it was made, how it scores.
+
+    `architecture` is the shipped config.json (its `CARD_ARCHITECTURE_KEYS` are shown). The card names no
+    path of the machine it was built on: a stage's `model.init` appears as its folder's name only.
+    """
+    arch = {k: architecture[k] for k in CARD_ARCHITECTURE_KEYS if k in architecture} if architecture else {}
+    init = asdict(config.model).get("init")
+    origin = f"initialised from the recipe's `{Path(str(init)).name}` stage" if init else "trained from scratch"
     lines = [
         "# MMaDA-tiny",
         "",
@@ -150,10 +163,10 @@ def model_card(config: Any, scores: dict[str, Results], seconds: dict[str, float
         "",
         f"Training time on this machine: {json.dumps({k: round(v) for k, v in seconds.items()})} seconds.",
         "",
-        "Architecture (ModelConfig overrides of the tiny preset):",
+        f"Architecture (from its config.json; {origin}):",
         "",
-        "```",
-        model,
+        "```json",
+        json.dumps(arch, indent=1) if arch else "(config.json not available)",
         "```",
         "",
         "## Scores on the world's evaluation suite (`mmada eval`)",
