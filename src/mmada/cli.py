@@ -4,20 +4,52 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .utils.config import field_docs
-from .utils.files import DEFAULT_MODEL, CheckpointError
-from .utils.logging import setup_logging
+from .utils.files import BUILTIN_MODELS, DEFAULT_MODEL, OFFLINE_ENV
+from .utils.logging import describe_error, setup_logging
 
 logger = logging.getLogger("mmada")
 SMALL_MODEL = 50_000_000  # parameters below which CPU inference runs on one thread by default
+PIPELINE_FILE = "mmada_pipeline.json"
+"""Sampler defaults beside a checkpoint's weights; `--help` shows the built-in model's."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (`mmada generate: error: argument --threads: ...`)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (`--threads 0` is refused, not passed to torch)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _builtin_defaults() -> dict[str, Any]:
+    """The built-in model's mmada_pipeline.json (what `--model` defaults to), {} if it is not installed."""
+    try:
+        with open(BUILTIN_MODELS[DEFAULT_MODEL] / PIPELINE_FILE, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _human(n: float) -> str:
@@ -69,6 +101,31 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_consolidate(args: argparse.Namespace) -> int:
+    """Export a multi-process (sharded) training checkpoint as a release checkpoint folder."""
+    from .checkpoint.train_state import find_latest
+    from .training.distributed import consolidate_to_release
+
+    source: Path = args.source
+    if not source.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "No such folder", str(source))
+    if (source / ".metadata").is_file():  # the sharded/ folder itself
+        sharded = source
+    elif (source / "sharded").is_dir():  # a step-* checkpoint folder
+        sharded = source / "sharded"
+    else:  # a run folder: its newest complete checkpoint
+        latest = find_latest(source)
+        if latest is None:
+            raise ValueError(f"{source} holds no complete checkpoint (step-*/) nor a sharded/ folder")
+        sharded = latest / "sharded"
+        if not sharded.is_dir():
+            raise ValueError(f"{latest} is a single-process checkpoint: {latest / 'model'} already is a release "
+                             "checkpoint (mmada info / --model take it as it is)")
+    out = consolidate_to_release(sharded, None, args.output, dtype=args.dtype)
+    print(f"wrote {out} (from {sharded})")
+    return 0
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     """Convert pickle weights (.bin/.pt) to safetensors, once."""
     from .checkpoint.convert import convert_to_safetensors
@@ -79,20 +136,27 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 # ---- generation commands ---------------------------------------------------------------------------
-def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
-    """One optional flag per sampler field (default None = the pipeline's default)."""
-    group = parser.add_argument_group(title)
+def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, title: str, section: str) -> None:
+    """One optional flag per sampler field (default None = the model's mmada_pipeline.json `section`).
+
+    The help shows the default of the built-in model, read from its mmada_pipeline.json (a key it lacks
+    falls back to the settings class's default, as the pipeline does).
+    """
+    group = parser.add_argument_group(title, f"Defaults: the model's {PIPELINE_FILE} ({section!r}); shown: "
+                                      f"those of the built-in {DEFAULT_MODEL}.")
     docs = field_docs(cls)
+    builtin = _builtin_defaults().get(section)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "str")
+        default = builtin.get(f.name, f.default) if isinstance(builtin, dict) else f.default
         if "bool" in kind:
             group.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
-                               help=docs.get(f.name))
+                               help=f"{docs.get(f.name, '')} (default: {default})")
         else:
             convert = int if kind.startswith("int") else float if "float" in kind else str
             group.add_argument(flag, dest=f.name, type=convert, default=None, metavar=f.name.upper(),
-                               help=f"{docs.get(f.name, '')} (default: {f.default})")
+                               help=f"{docs.get(f.name, '')} (default: {default})")
 
 
 def _sampling(args: argparse.Namespace, defaults: Any) -> Any:
@@ -183,6 +247,24 @@ def cmd_understand(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_output(*paths: Path | None) -> None:
+    """Make the folders of output files, and refuse an unwritable one now rather than after the sampling."""
+    import tempfile
+
+    for path in paths:
+        if path is None:
+            continue
+        folder = path.parent
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(folder))
+        folder.mkdir(parents=True, exist_ok=True)
+        try:  # os.access says yes to root on a read-only mount; creating a file is the real test
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as err:
+            raise type(err)(err.errno, err.strerror, str(folder)) from None
+
+
 def _save_images(pipe: Any, steps: list[Any], output: Path, gif: Path | None, shape: Any = None) -> None:
     final = pipe.decode_images(steps[-1].tokens, shape=shape)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -205,6 +287,7 @@ def _collect(steps: Any, total: int, quiet: bool) -> list[Any]:
 
 def cmd_t2i(args: argparse.Namespace) -> int:
     """Generate an image from a prompt."""
+    _check_output(args.output, args.gif)
     pipe = _pipeline(args)
     sampling = _sampling(args, pipe.settings.image)
     steps = _collect(pipe.iter_text_to_image(args.prompt, generator=args.generator, sampling=sampling),
@@ -215,13 +298,15 @@ def cmd_t2i(args: argparse.Namespace) -> int:
 
 def cmd_inpaint(args: argparse.Namespace) -> int:
     """Repaint a region of an image (a box or a mask image) under a prompt."""
-    from PIL import Image
+    from .image_tokenizer import load_image
 
-    pipe = _pipeline(args)
-    sampling = _sampling(args, pipe.settings.image)
     if (args.box is None) == (args.mask is None):
         raise ValueError("give exactly one of --box LEFT TOP RIGHT BOTTOM or --mask MASK_IMAGE")
-    region = tuple(args.box) if args.box is not None else Image.open(args.mask)
+    # the mask is decoded first and whole: a corrupt file is a one-line error naming it, before the model loads
+    region = tuple(args.box) if args.box is not None else load_image(args.mask).convert("L")
+    _check_output(args.output, args.gif)
+    pipe = _pipeline(args)
+    sampling = _sampling(args, pipe.settings.image)
     steps = _collect(pipe.iter_inpaint(args.image, region, args.prompt, generator=args.generator, sampling=sampling),
                      sampling.timesteps, args.quiet)
     _save_images(pipe, steps, args.output, args.gif)
@@ -252,6 +337,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Show every capability on a model (the built-in MMaDA-tiny by default), checked by the world's judges."""
     from .demo import run_demo
 
+    _check_output(args.output / "x")
     pipe = _pipeline(args)
     run_demo(pipe, args.output, seed=args.seed or 0, log=lambda line: print(line, flush=True))
     print(f"everything the demo made is in {args.output}/")
@@ -277,17 +363,21 @@ def cmd_recipe(args: argparse.Namespace) -> int:
 
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    builtin = _builtin_defaults()
     g = p.add_argument_group("model")
-    g.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint folder or hub id (default: {DEFAULT_MODEL})")
+    g.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint folder or hub id owner/name (default: "
+                   f"the built-in {DEFAULT_MODEL}); a missing path is an error, never a download")
     g.add_argument("--image-tokenizer", default=None, help="image tokenizer folder or hub id (default: found "
                    "beside the checkpoint, else showlab/magvitv2)")
     g.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
     g.add_argument("--dtype", default="float32", help="float32 or bf16 (default: float32)")
     g.add_argument("--seed", type=int, default=None, help="random seed (default: unseeded)")
-    g.add_argument("--max-text-len", type=int, default=None, help="text part of image layouts (default: 512)")
-    g.add_argument("--resolution", type=int, default=None, help="image side in pixels (default: tokenizer's)")
-    g.add_argument("--threads", type=int, default=None, help="CPU threads (default: 1 for small models, "
-                   "else torch's default)")
+    g.add_argument("--max-text-len", type=_positive_int, default=None, help="text part of image layouts (default: "
+                   f"the model's {PIPELINE_FILE}; {DEFAULT_MODEL}: {builtin.get('max_text_len', 512)})")
+    g.add_argument("--resolution", type=_positive_int, default=None, help="image side in pixels (default: the "
+                   f"model's {PIPELINE_FILE}, else the tokenizer's; {DEFAULT_MODEL}: {builtin.get('resolution')})")
+    g.add_argument("--threads", type=_positive_int, default=None, help="CPU threads, >= 1 (default: 1 for small "
+                   "models, else torch's default)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
 
 
@@ -298,14 +388,14 @@ def _add_generation_commands(sub: Any) -> None:
     p.add_argument("prompt")
     p.add_argument("--thinking", action="store_true", help="reason in <think>…</think> first")
     _add_model_flags(p)
-    _add_dataclass_flags(p, TextSampling, "text sampling")
+    _add_dataclass_flags(p, TextSampling, "text sampling", "text")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("chat", help="interactive multi-turn chat")
     p.add_argument("--thinking", action="store_true", help="reason in <think>…</think> first")
     p.add_argument("--system", default=None, help="system prompt")
     _add_model_flags(p)
-    _add_dataclass_flags(p, TextSampling, "text sampling")
+    _add_dataclass_flags(p, TextSampling, "text sampling", "text")
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("understand", help="answer a question about an image")
@@ -313,7 +403,7 @@ def _add_generation_commands(sub: Any) -> None:
     p.add_argument("question")
     p.add_argument("--thinking", action="store_true", help="reason in <think>…</think> first")
     _add_model_flags(p)
-    _add_dataclass_flags(p, TextSampling, "text sampling")
+    _add_dataclass_flags(p, TextSampling, "text sampling", "text")
     p.set_defaults(func=cmd_understand)
 
     p = sub.add_parser("t2i", help="text to image")
@@ -321,7 +411,7 @@ def _add_generation_commands(sub: Any) -> None:
     p.add_argument("-o", "--output", type=Path, default=Path("mmada.png"), help="PNG to write")
     p.add_argument("--gif", type=Path, default=None, help="also write the denoising steps as a GIF")
     _add_model_flags(p)
-    _add_dataclass_flags(p, ImageSampling, "image sampling")
+    _add_dataclass_flags(p, ImageSampling, "image sampling", "image")
     p.set_defaults(func=cmd_t2i)
 
     p = sub.add_parser("inpaint", help="repaint part of an image under a prompt")
@@ -333,15 +423,15 @@ def _add_generation_commands(sub: Any) -> None:
     p.add_argument("-o", "--output", type=Path, default=Path("inpainted.png"), help="PNG to write")
     p.add_argument("--gif", type=Path, default=None, help="also write the denoising steps as a GIF")
     _add_model_flags(p)
-    _add_dataclass_flags(p, ImageSampling, "image sampling")
+    _add_dataclass_flags(p, ImageSampling, "image sampling", "image")
     p.set_defaults(func=cmd_inpaint)
 
     p = sub.add_parser("eval", help="score a model on the tiny world's evaluation suite")
     p.add_argument("--tasks", default=None, help="comma-separated subset of arithmetic,vqa,t2i,digit_t2i,"
                    "digit_recognition (default: all)")
-    p.add_argument("--per-group", type=int, default=50, help="examples per group (default: 50)")
-    p.add_argument("--limit", type=int, default=None, help="keep only this many per group (quick checks)")
-    p.add_argument("--batch-size", type=int, default=32, help="prompts per sampler call (default: 32)")
+    p.add_argument("--per-group", type=_positive_int, default=50, help="examples per group (default: 50)")
+    p.add_argument("--limit", type=_positive_int, default=None, help="keep only this many per group (quick checks)")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="prompts per sampler call (default: 32)")
     p.add_argument("--thinking", action="store_true", help="ask reasoning questions in thinking mode")
     p.add_argument("-o", "--output", type=Path, default=None, help="write the results as JSON")
     _add_model_flags(p)
@@ -355,13 +445,13 @@ def _add_generation_commands(sub: Any) -> None:
     p = sub.add_parser("recipe", help="train MMaDA-tiny through the whole recipe on the tiny world")
     p.add_argument("name", nargs="?", default="tiny", help="recipe name (only: tiny)")
     p.add_argument("--out", type=Path, default=Path("runs/mmada-tiny"), help="run folder (default: runs/mmada-tiny)")
-    p.add_argument("--pretrain-steps", type=int, default=None, help="override the pretraining steps")
-    p.add_argument("--sft-steps", type=int, default=None, help="override the SFT steps")
+    p.add_argument("--pretrain-steps", type=_positive_int, default=None, help="override the pretraining steps")
+    p.add_argument("--sft-steps", type=_positive_int, default=None, help="override the SFT steps")
     p.add_argument("--no-ablation", action="store_true", help="skip the no-CoT SFT ablation")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluations")
-    p.add_argument("--per-group", type=int, default=50, help="evaluation examples per group (default: 50)")
-    p.add_argument("--limit", type=int, default=None, help="cap evaluation examples per group")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--per-group", type=_positive_int, default=50, help="evaluation examples per group (default: 50)")
+    p.add_argument("--limit", type=_positive_int, default=None, help="cap evaluation examples per group")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", default=[], help="key=value overrides for every stage")
@@ -472,8 +562,8 @@ def cmd_world_sample(args: argparse.Namespace) -> int:
     """Draw a captioned grid of world scenes."""
     from .world.preview import sample_grid
 
+    _check_output(args.output)
     grid = sample_grid(args.n, seed=args.seed)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
     grid.save(args.output)
     print(f"wrote {args.output}")
     return 0
@@ -510,17 +600,18 @@ def _add_world_commands(sub: Any) -> None:
                    help="folder for text_tokenizer/ and image_tokenizer/ (default: world-tokenizers; the "
                    "committed ones live in src/mmada/world/assets)")
     p.add_argument("--seed", type=int, default=0, help="selects corpora, initial weights and batches (default: 0)")
-    p.add_argument("--steps", type=int, default=None, help="magvit optimizer steps (default: the recipe's)")
-    p.add_argument("--vocab-size", type=int, default=None, help="text tokens incl. specials (default: the recipe's)")
+    p.add_argument("--steps", type=_positive_int, default=None, help="magvit optimizer steps (default: the recipe's)")
+    p.add_argument("--vocab-size", type=_positive_int, default=None,
+                   help="text tokens incl. specials (default: the recipe's)")
     p.add_argument("--json", type=Path, default=None, help="also write the evaluation as JSON")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's; the image "
+    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: torch's; the image "
                    "tokenizer's weights depend on it)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_world_train_tokenizers)
 
     p = commands.add_parser("sample", help="draw a captioned grid of world scenes")
     p.add_argument("-o", "--output", type=Path, default=Path("world.png"), help="PNG to write")
-    p.add_argument("--n", type=int, default=16, help="number of scenes (default: 16)")
+    p.add_argument("--n", type=_positive_int, default=16, help="number of scenes (default: 16)")
     p.add_argument("--seed", type=int, default=0, help="selects the scenes (default: 0)")
     p.set_defaults(func=cmd_world_sample)
 
@@ -530,8 +621,21 @@ def _add_world_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_world_judge)
 
 
+def _add_global_flags(parser: argparse.ArgumentParser, top: bool) -> None:
+    """--debug and --offline, accepted before or after the command (a subcommand's copy leaves the value
+    of `mmada --debug CMD` alone: argparse.SUPPRESS)."""
+    default = False if top else argparse.SUPPRESS
+    parser.add_argument("--debug", action="store_true", default=default,
+                        help="show the full traceback of an error instead of one line")
+    parser.add_argument("--offline", action="store_true", default=default, help="never touch the network: hub "
+                        f"ids only from the local cache (as {OFFLINE_ENV}=1)")
+    for action in parser._subparsers._group_actions if parser._subparsers else []:
+        for child in getattr(action, "choices", {}).values():
+            _add_global_flags(child, top=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mmada", description="Multimodal large diffusion language models.")
+    parser = _Parser(prog="mmada", description="Multimodal large diffusion language models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -539,6 +643,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="checkpoint folder or hub id")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("consolidate", help="export a multi-process training checkpoint as a release checkpoint")
+    p.add_argument("source", type=Path, help="a run folder (its newest checkpoint), a step-* checkpoint folder, or "
+                   "its sharded/ folder")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output folder (config.json + safetensors)")
+    p.add_argument("--dtype", default=None, help="storage dtype, e.g. bfloat16 (default: the checkpoint's)")
+    p.set_defaults(func=cmd_consolidate)
 
     p = sub.add_parser("convert", help="convert pickle weights (.bin) to safetensors")
     p.add_argument("source", type=Path, help="a folder with .bin files, or one .bin file")
@@ -548,7 +659,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_commands(sub)
     _add_train_command(sub)
     _add_world_commands(sub)
+    _add_global_flags(parser, top=True)
     return parser
+
+
+def _check_text(args: argparse.Namespace) -> None:
+    """Command-line text is decoded with surrogate escapes: an undecodable byte is refused here, by name."""
+    for name, value in vars(args).items():
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ValueError(f"argument {name.upper() if name in ('prompt', 'question') else name}: "
+                                     f"not valid UTF-8 text ({text!r})") from None
 
 
 def _name_flags(message: str, parser: argparse.ArgumentParser) -> str:
@@ -569,18 +693,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     quiet = getattr(args, "quiet", False)
     setup_logging(logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO)
+    if args.offline:
+        os.environ[OFFLINE_ENV] = "1"  # resolve_folder and huggingface_hub read it: cache only, no network
     func: Callable[[argparse.Namespace], int] = args.func
     try:
+        _check_text(args)
         return func(args)
-    except (CheckpointError, ValueError, FileNotFoundError) as err:
-        # User errors get one line, not a traceback (run with -v for the traceback).
-        if args.verbose:
-            raise
-        print(f"mmada {args.command}: error: {_name_flags(str(err), parser)}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        # Every error is one line naming the problem (utils.logging.describe_error); --debug shows the traceback.
+        if args.debug:
+            raise
+        message, code = describe_error(err)
+        command = " ".join(filter(None, (args.command, getattr(args, "world_command", None))))
+        print(f"mmada {command}: error: {_name_flags(message, parser)}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":
