@@ -663,16 +663,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+TEXT_ARGUMENTS = ("prompt", "question", "caption", "system")
+"""Arguments that are text for the model (file names may hold any bytes and are not checked)."""
+
+
 def _check_text(args: argparse.Namespace) -> None:
     """Command-line text is decoded with surrogate escapes: an undecodable byte is refused here, by name."""
-    for name, value in vars(args).items():
-        for text in value if isinstance(value, list) else [value]:
-            if isinstance(text, str):
-                try:
-                    text.encode("utf-8")
-                except UnicodeEncodeError:
-                    raise ValueError(f"argument {name.upper() if name in ('prompt', 'question') else name}: "
-                                     f"not valid UTF-8 text ({text!r})") from None
+    for name in TEXT_ARGUMENTS:
+        text = getattr(args, name, None)
+        if isinstance(text, str):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                flag = f"--{name}" if name == "system" else name.upper()
+                raise ValueError(f"argument {flag}: not valid UTF-8 text ({text!r})") from None
 
 
 def _name_flags(message: str, parser: argparse.ArgumentParser) -> str:
