@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import mmada
 from mmada.checkpoint import train_state
@@ -41,11 +42,12 @@ from mmada.training.distributed import (
     read_dcp_metadata,
     save_sharded,
 )
+from mmada.training.export import export_release
 from mmada.training.metrics import MissingPackageError
 from mmada.training.run_lock import LOCK_NAME, RunFolderError, RunLock, RunLockedError
 from mmada.training.trainer import NonFiniteLossError, run_training
 from mmada.utils.files import CheckpointError
-from test_trainer import TINY, TinySource, spawn, tiny_config, tiny_model, wait_for
+from test_trainer import REFERENCE, TINY, TinySource, spawn, tiny_config, tiny_model, wait_for
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -119,13 +121,7 @@ def test_crafted_metadata_is_refused_on_sharded_resume(dcp_folder, tmp_path, att
 
 def test_crafted_metadata_is_refused_through_the_trainers_multi_process_resume(tmp_path):
     """`load_checkpoint` with a 2-process `Collective`: the code path of `mmada train --resume` under torchrun."""
-    model = tiny_model()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    co = Collective(rank=0, world_size=2, save_sharded=lambda m, o, p: save_sharded(m, o, p, SINGLE),
-                    load_sharded=lambda m, o, p: load_sharded(m, o, p, SINGLE))
-    folder = train_state.save_checkpoint(tmp_path / "run", 3, model=model, optimizer=optimizer, scheduler=scheduler,
-                                         data_state={"index": 6}, config={}, collective=co)
+    folder, co, model = _two_process_checkpoint(tmp_path / "run")
     fresh, fresh_optimizer = fresh_model_and_optimizer()
     assert train_state.load_checkpoint(folder, model=fresh, optimizer=fresh_optimizer, collective=co).step == 3
     assert torch.equal(fresh.head.weight, model.head.weight)  # the honest checkpoint loads
@@ -134,6 +130,38 @@ def test_crafted_metadata_is_refused_through_the_trainers_multi_process_resume(t
     with pytest.raises(CheckpointError, match="sharded/.metadata: refusing to load: it names posix.system"):
         train_state.load_checkpoint(folder, model=fresh, optimizer=fresh_optimizer, collective=co)
     assert not marker.exists()
+
+
+def _two_process_checkpoint(run_dir: Path, assets: tuple[Path, ...] = ()) -> tuple[Path, Collective, MMaDAModel]:
+    """A checkpoint as rank 0 of a 2-process run writes it (the shards come from this one process)."""
+    model = tiny_model()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    co = Collective(rank=0, world_size=2, save_sharded=lambda m, o, p: save_sharded(m, o, p, SINGLE),
+                    load_sharded=lambda m, o, p: load_sharded(m, o, p, SINGLE))
+    folder = train_state.save_checkpoint(run_dir, 3, model=model, optimizer=optimizer, scheduler=scheduler,
+                                         data_state={"index": 6}, config={}, collective=co, assets=assets)
+    return folder, co, model
+
+
+def test_export_release_from_a_multi_process_run(tmp_path):
+    tokenizer = REFERENCE / "tokenizer" / "tokenizer.json"
+    folder, _, model = _two_process_checkpoint(tmp_path / "run", assets=(tokenizer,))
+    out = export_release(tmp_path / "run", tmp_path / "release", dtype="bf16")  # the run folder: its latest
+    stored = {t.dtype for t in load_file(str(out / "model.safetensors")).values()}
+    assert stored == {torch.bfloat16} and (out / "tokenizer.json").is_file()
+    released = mmada.load_model(out)
+    assert torch.equal(released.head.weight, model.head.weight.to(torch.bfloat16).float())
+    with pytest.raises(CheckpointError, match="already exists and is not empty"):
+        export_release(folder, out)
+    with pytest.raises(CheckpointError, match="holds no complete training checkpoint"):
+        export_release(tmp_path, tmp_path / "other")
+
+
+def test_export_release_from_a_single_process_run(finished_run, tmp_path):
+    out = export_release(finished_run, tmp_path / "release")
+    assert (out / "model.safetensors").read_bytes() == (
+        finished_run / "step-000002" / "model" / "model.safetensors").read_bytes()
 
 
 @pytest.mark.filterwarnings("ignore:torch.distributed is disabled")

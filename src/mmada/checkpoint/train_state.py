@@ -7,6 +7,8 @@ A run folder:
       step-000123/            a complete checkpoint
         model/                the weights in the release format (`mmada.save_model`; `mmada.load_model` reads it)
         adapter.safetensors   LoRA runs only: the adapters (resume reloads them onto the frozen base)
+        sharded/, tokenizer/  multi-process runs, instead of model/ and optimizer.pt: DCP shards of both, and
+                              the tokenizer files (`training.export.export_release` makes a release of them)
         optimizer.pt          AdamW state (torch.save; loaded with weights_only=True, see below)
         scheduler.json        learning-rate scheduler state
         rng-0.safetensors     torch CPU / CUDA RNG states and the trainer's generators, rank 0
@@ -69,6 +71,7 @@ logger = logging.getLogger(__name__)
 
 LATEST = "latest"
 ADAPTER_FILE = "adapter.safetensors"  # LoRA runs: the trained adapters, for an exact resume
+TOKENIZER_DIR = "tokenizer"  # multi-process runs: the tokenizer files beside the shards (for the release export)
 PREFIX = "step-"
 TMP_PREFIX = ".tmp-"
 _STEP_RE = re.compile(rf"^{PREFIX}(\d+)$")
@@ -189,6 +192,10 @@ def save_checkpoint(
             if co.save_sharded is None:
                 raise ValueError("a multi-process checkpoint needs `save_sharded`")
             co.save_sharded(model, optimizer, tmp / "sharded")
+            if co.rank == 0 and assets:
+                (tmp / TOKENIZER_DIR).mkdir()
+                for asset in assets:
+                    shutil.copy2(asset, tmp / TOKENIZER_DIR / asset.name)
         elif co.rank == 0:
             _save_single(tmp, model, optimizer, assets)
     except (ValueError, TypeError):

@@ -25,7 +25,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -151,11 +151,15 @@ class RunLock:
         self.release()
 
 
-@contextlib.contextmanager
-def run_lock(run_dir: str | os.PathLike[str], *, enabled: bool = True) -> Iterator[RunLock | None]:
-    """Hold the lock of `run_dir` for the duration of the block (nothing when not `enabled`: other ranks)."""
-    if not enabled:
-        yield None
-        return
-    with RunLock(run_dir) as lock:
-        yield lock
+def acquire_on_main(lock: RunLock | None, agree: Callable[[bool], bool] = bool) -> None:
+    """Take `lock` on the main process (the others pass None); every process raises if that failed, so no
+    rank goes on alone into collectives. `agree(ok)` and-s `ok` over the processes (`distributed.agree`)."""
+    error: Exception | None = None
+    if lock is not None:
+        try:
+            lock.acquire()
+        except (RunLockedError, RunFolderError) as err:
+            error = err
+    if not agree(error is None):
+        raise error or RunLockedError("the main process could not take the run folder's lock (see its error)")
+

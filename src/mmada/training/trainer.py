@@ -45,7 +45,7 @@ from .hooks import EvalHook, PipelineHooks, PreviewHook
 from .metrics import MetricsSink, check_sinks, open_sinks
 from .objectives import MaskedDiffusionObjective, Objective
 from .optim import build_optimizer, build_scheduler
-from .run_lock import RunFolderError, RunLock, RunLockedError
+from .run_lock import RunLock, acquire_on_main
 from .tasks import TRAINING_TASKS
 
 logger = logging.getLogger(__name__)
@@ -283,7 +283,7 @@ def run_training(config: TrainConfig, *, resume: bool = False, model: MMaDAModel
         ctx = dataclasses.replace(ctx, device=default_device())
     lock = RunLock(run_dir) if ctx.is_main else None
     try:
-        _take_lock(lock, dist, ctx)
+        acquire_on_main(lock, agree=lambda ok: dist.agree(ok, ctx))
         model = (model if model is not None else build_model(config.model, ctx.device)).to(ctx.device)
         tokenizers = load_tokenizers(config.model, model, ctx.device)
         if source is None:
@@ -307,19 +307,6 @@ def run_training(config: TrainConfig, *, resume: bool = False, model: MMaDAModel
         if lock is not None:
             lock.release()
         dist.teardown(ctx)
-
-
-def _take_lock(lock: RunLock | None, dist: Any, ctx: Any) -> None:
-    """The main process takes the run folder's lock; every process raises if it could not (no rank may go
-    on alone into collectives)."""
-    error: Exception | None = None
-    if lock is not None:
-        try:
-            lock.acquire()
-        except (RunLockedError, RunFolderError) as err:
-            error = err
-    if not dist.agree(error is None, ctx):
-        raise error or RunLockedError("the main process could not take the run folder's lock (see its error)")
 
 
 def _distributed() -> Any:
