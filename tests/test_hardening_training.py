@@ -442,9 +442,10 @@ def _nan_after(monkeypatch, micro_batches: int) -> None:
 def test_a_non_finite_loss_stops_the_run_after_the_patience(tmp_path, monkeypatch):
     _nan_after(monkeypatch, 2 * 3)  # steps 1-3 fine (2 micro-batches each), NaN from step 4
     config = tiny_config(tmp_path, "checkpoint.every=2", "checkpoint.keep_last=5", "optim.nonfinite_patience=2")
-    with pytest.raises(NonFiniteLossError, match=r"step 5: the loss was non-finite \(nan\) for 2 consecutive "
-                                                 r"step\(s\) \(`optim.nonfinite_patience` = 2\); stopped. The last "
-                                                 rf"good checkpoint is {tmp_path / 'step-000004'}"):
+    with pytest.raises(NonFiniteLossError, match=r"step 5: 2 consecutive step\(s\) with a non-finite loss or "
+                                                 r"gradient norm \(last: loss nan, grad_norm nan; "
+                                                 r"`optim.nonfinite_patience` = 2\), stopped. The last good "
+                                                 rf"checkpoint is {tmp_path / 'step-000004'}"):
         run_training(config, model=tiny_model(), source=TinySource())
     # the NaN steps skipped their updates: step 4's checkpoint holds step 3's (finite) weights
     assert [p.name for p in train_state.list_checkpoints(tmp_path)] == ["step-000002", "step-000004"]
@@ -473,7 +474,7 @@ def test_non_finite_weights_are_never_checkpointed(tmp_path):
 def test_an_infinite_learning_rate_that_slips_past_the_config_stops_the_run(tmp_path):
     config = tiny_config(tmp_path)
     object.__setattr__(config.optim, "lr", math.inf)  # the config refuses it (below); as if set in code
-    with pytest.raises(NonFiniteLossError, match=r"for 3 consecutive step\(s\).*No checkpoint was written"):
+    with pytest.raises(NonFiniteLossError, match=r"step 4: 3 consecutive step\(s\).*No checkpoint was written"):
         run_training(config, model=tiny_model(), source=TinySource())
     assert train_state.find_latest(tmp_path) is None
 

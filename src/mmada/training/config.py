@@ -137,8 +137,8 @@ class OptimConfig:
     """Parameters whose name contains one of these get no weight decay (see `optim.param_groups`)."""
     nonfinite_patience: int = 3
     """Stop the run with an error after this many consecutive optimizer steps with a non-finite (NaN/inf)
-    loss; their updates are skipped, and weights that became non-finite are never checkpointed, so the last
-    good checkpoint stays the latest. 0 = never stop (train to the end whatever the loss)."""
+    loss or gradient norm (their updates are skipped); weights that became non-finite are never checkpointed,
+    so the last good checkpoint stays the latest. 0 = never stop (train to the end whatever the loss)."""
 
     def __post_init__(self) -> None:
         _positive(self.lr, "lr")

@@ -90,7 +90,7 @@ class Trainer:
         self.bf16 = _use_bf16(self.ctx.device, config.model.mixed_precision)
         self.step, self._saved_step = 0, -1
         self._signal: int | None = None
-        self._nonfinite = 0  # consecutive steps with a non-finite loss
+        self._nonfinite = 0  # consecutive steps with a non-finite loss or gradient norm
 
     def train_step(self, batches: Iterator[Mapping[str, TokenLayout]]) -> dict[str, float]:
         """One optimizer step over `batch.grad_accum` micro-batches; returns its metrics (process means)."""
@@ -153,9 +153,10 @@ class Trainer:
                     self.step += 1
                     bar.update(1)
                     bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
-                    self._nonfinite = 0 if math.isfinite(metrics["loss"]) else self._nonfinite + 1
+                    finite = math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])
+                    self._nonfinite = 0 if finite else self._nonfinite + 1
                     self._after_step(metrics, sinks)
-                    self._check_diverged(metrics["loss"])
+                    self._check_diverged(metrics)
                 stopped = self._signal if self.step < end else None
                 checkpoint = self.save()
         finally:
@@ -177,16 +178,16 @@ class Trainer:
         if self.config.checkpoint.every and step % self.config.checkpoint.every == 0:
             self.save()
 
-    def _check_diverged(self, loss: float) -> None:
-        patience = self.config.optim.nonfinite_patience
-        if self._nonfinite == 0:
-            return
-        logger.warning("step %d: non-finite loss (%s), %d in a row", self.step, loss, self._nonfinite)
-        if patience and self._nonfinite >= patience:
+    def _check_diverged(self, metrics: Mapping[str, float]) -> None:
+        patience, streak = self.config.optim.nonfinite_patience, self._nonfinite
+        last = f"loss {metrics['loss']}, grad_norm {metrics['grad_norm']}"
+        if streak == 1:
+            logger.warning("step %d: non-finite loss or gradient norm (%s), update skipped", self.step, last)
+        if patience and streak >= patience:
             raise NonFiniteLossError(
-                f"step {self.step}: the loss was non-finite ({loss}) for {self._nonfinite} consecutive step(s) "
-                f"(`optim.nonfinite_patience` = {patience}); stopped. {self._last_good()} Lower `optim.lr`, "
-                "check `optim.max_grad_norm` and the data, then resume or restart.")
+                f"step {self.step}: {streak} consecutive step(s) with a non-finite loss or gradient norm (last: "
+                f"{last}; `optim.nonfinite_patience` = {patience}), stopped. {self._last_good()} Lower "
+                "`optim.lr`, check `optim.max_grad_norm` and the data, then resume or restart.")
 
     def _last_good(self) -> str:
         latest = train_state.find_latest(self.run_dir)
