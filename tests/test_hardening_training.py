@@ -513,3 +513,27 @@ def test_a_metrics_sink_without_its_package_is_one_line_before_training(tmp_path
                                                   rf"installed: pip install {switch} \(or set log.{switch}=false\)"):
         run_training(tiny_config(tmp_path / "run", f"log.{switch}=true"), model=tiny_model(), source=TinySource())
     assert not (tmp_path / "run").exists()  # refused before the run folder was made
+
+
+@pytest.mark.slow
+def test_crafted_metadata_is_refused_by_a_real_two_process_resume(tmp_path):
+    """torchrun, 2 ranks on gloo: every rank refuses the crafted index before any collective (no hang), the
+    payload never runs, and the run folder's lock is released."""
+    from test_trainer import DISTRIBUTED_SCRIPT, ROOT
+
+    def launch(resume: bool, max_steps: int) -> subprocess.CompletedProcess:
+        script = tmp_path / f"run_{resume}.py"
+        script.write_text(DISTRIBUTED_SCRIPT.format(tests=str(ROOT / "tests"), run_dir=str(tmp_path / "run"),
+                                                    resume=resume, max_steps=max_steps))
+        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                               str(script)], env={**env, "OMP_NUM_THREADS": "1"}, timeout=240, capture_output=True,
+                              text=True)
+
+    assert launch(False, 2).returncode == 0
+    marker = tmp_path / "pwned"
+    (tmp_path / "run" / "step-000002" / "sharded" / ".metadata").write_bytes(
+        pickle.dumps(payloads(marker)["os.system"]))
+    failed = launch(True, 4)
+    assert failed.returncode != 0 and "refusing to load: it names posix.system" in failed.stdout + failed.stderr
+    assert not marker.exists() and not (tmp_path / "run" / LOCK_NAME).exists()
