@@ -138,6 +138,14 @@ def test_sampler_settings_are_finite_and_in_range(make, message: str) -> None:
         make()
 
 
+@pytest.mark.parametrize("name", ["beta", "entropy_multiplier", "commit_loss_multiplier"])
+def test_lfq_config_refuses_non_finite_weights(name: str) -> None:
+    from mmada.image_tokenizer.config import LFQConfig
+
+    with pytest.raises(ValueError, match=rf"`{name}` must be a finite non-negative number, got nan"):
+        LFQConfig(**{name: NAN})
+
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [

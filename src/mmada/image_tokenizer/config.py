@@ -9,6 +9,7 @@ format of the reference fixtures (one dict per constructor: `encoder`, `decoder`
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,8 +93,8 @@ class LFQConfig:
             raise ValueError(f"`codebook_dim` must be an int in [1, 30], got {self.codebook_dim!r}")
         for name in ("beta", "entropy_multiplier", "commit_loss_multiplier"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"`{name}` must be a non-negative number, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"`{name}` must be a finite non-negative number, got {value!r}")
 
     @property
     def codebook_size(self) -> int:
