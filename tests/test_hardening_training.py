@@ -537,3 +537,14 @@ def test_crafted_metadata_is_refused_by_a_real_two_process_resume(tmp_path):
     failed = launch(True, 4)
     assert failed.returncode != 0 and "refusing to load: it names posix.system" in failed.stdout + failed.stderr
     assert not marker.exists() and not (tmp_path / "run" / LOCK_NAME).exists()
+
+
+def test_resume_drops_a_metrics_line_cut_short_by_a_kill(finished_run, tmp_path, caplog):
+    run_dir, _ = _copy(finished_run, tmp_path)
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "loss": 1.2')  # SIGKILL in the middle of a write
+    with caplog.at_level(logging.WARNING, logger="mmada.training.metrics"):
+        assert _resume(run_dir).step == 3
+    assert f"{run_dir / 'metrics.jsonl'}:3 is not a metrics record; dropped" in caplog.text
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]

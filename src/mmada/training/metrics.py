@@ -10,12 +10,15 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from .config import LogConfig
+
+logger = logging.getLogger(__name__)
 
 
 class MissingPackageError(ImportError):
@@ -53,10 +56,16 @@ class JsonlSink:
 
     def __init__(self, path: Path, resume_step: int | None = None) -> None:
         if resume_step is not None and path.is_file():
-            lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-            path.with_suffix(".tmp").write_text(
-                "".join(ln + "\n" for ln in lines if json.loads(ln)["step"] <= resume_step), encoding="utf-8"
-            )
+            kept = []
+            for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    if int(json.loads(line)["step"]) <= resume_step:
+                        kept.append(line + "\n")
+                except (ValueError, KeyError, TypeError):  # a line cut short by a killed run
+                    logger.warning("%s:%d is not a metrics record; dropped: %.60r", path, number, line)
+            path.with_suffix(".tmp").write_text("".join(kept), encoding="utf-8")
             path.with_suffix(".tmp").replace(path)
         self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
 
