@@ -280,11 +280,13 @@ def test_the_lock_is_exclusive_within_a_process_and_released_only_by_its_owner(t
 
 
 # ---- unwritable run folders --------------------------------------------------------------------------
-def test_a_run_folder_under_a_file_is_one_clear_error(tmp_path):
+@pytest.mark.parametrize(("where", "reason"), [("file/run", "Not a directory"), ("file", "File exists")])
+def test_a_run_folder_that_is_or_is_under_a_file_is_one_clear_error(tmp_path, where, reason):
     (tmp_path / "file").write_text("x")
-    run_dir = tmp_path / "file" / "run"
-    with pytest.raises(RunFolderError, match=rf"cannot write to the run folder {run_dir}: Not a directory"):
+    run_dir = tmp_path / where
+    with pytest.raises(RunFolderError, match=rf"cannot write to the run folder {run_dir}: {reason}"):
         run_training(tiny_config(run_dir), model=tiny_model(), source=TinySource())
+    assert (tmp_path / "file").read_text() == "x"
 
 
 def test_a_read_only_run_folder_is_one_clear_error(tmp_path, monkeypatch):
@@ -414,6 +416,15 @@ def test_resume_with_a_different_model_size_names_the_parameter(finished_run, tm
     run_dir, _ = _copy(finished_run, tmp_path)
     with pytest.raises(CheckpointError, match=message):
         _resume(run_dir, MMaDAModel(ModelConfig.tiny(**{**TINY, **overrides})))
+
+
+def test_resume_with_another_number_of_processes_is_refused(finished_run, tmp_path):
+    run_dir, folder = _copy(finished_run, tmp_path)
+    meta = json.loads((folder / "trainer.json").read_text())
+    (folder / "trainer.json").write_text(json.dumps({**meta, "world_size": 2}))
+    with pytest.raises(CheckpointError, match=r"step-000002 was written by 2 process\(es\); resume it with the same "
+                                              r"number \(this run has 1\)"):
+        _resume(run_dir)
 
 
 def test_the_intact_checkpoint_still_resumes(finished_run, tmp_path):
