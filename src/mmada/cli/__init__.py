@@ -1,4 +1,5 @@
 """The `mmada` command line: a table of subcommands, each a thin wrapper over the library."""
+# ruff: noqa: T201 - a command line prints its results (pyproject.toml exempts the former cli.py)
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .utils.config import field_docs
-from .utils.files import BUILTIN_MODELS, DEFAULT_MODEL, OFFLINE_ENV
-from .utils.logging import describe_error, setup_logging
+from ..utils.config import field_docs
+from ..utils.files import BUILTIN_MODELS, DEFAULT_MODEL, OFFLINE_ENV
+from ..utils.logging import describe_error, setup_logging
 
 logger = logging.getLogger("mmada")
 SMALL_MODEL = 50_000_000  # parameters below which CPU inference runs on one thread by default
@@ -64,9 +65,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     """Describe a checkpoint without loading its weights."""
     from safetensors import safe_open
 
-    from .checkpoint.hf import CONFIG_NAME, weight_files
-    from .model.config import ModelConfig
-    from .utils.files import resolve_folder
+    from ..checkpoint.hf import CONFIG_NAME, weight_files
+    from ..model.config import ModelConfig
+    from ..utils.files import resolve_folder
 
     folder = resolve_folder(args.checkpoint)
     config = ModelConfig.from_json(folder / CONFIG_NAME)
@@ -101,34 +102,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_consolidate(args: argparse.Namespace) -> int:
-    """Export a multi-process (sharded) training checkpoint as a release checkpoint folder."""
-    from .checkpoint.train_state import find_latest
-    from .training.distributed import consolidate_to_release
-
-    source: Path = args.source
-    if not source.is_dir():
-        raise FileNotFoundError(errno.ENOENT, "No such folder", str(source))
-    if (source / ".metadata").is_file():  # the sharded/ folder itself
-        sharded = source
-    elif (source / "sharded").is_dir():  # a step-* checkpoint folder
-        sharded = source / "sharded"
-    else:  # a run folder: its newest complete checkpoint
-        latest = find_latest(source)
-        if latest is None:
-            raise ValueError(f"{source} holds no complete checkpoint (step-*/) nor a sharded/ folder")
-        sharded = latest / "sharded"
-        if not sharded.is_dir():
-            raise ValueError(f"{latest} is a single-process checkpoint: {latest / 'model'} already is a release "
-                             "checkpoint (mmada info / --model take it as it is)")
-    out = consolidate_to_release(sharded, None, args.output, dtype=args.dtype)
-    print(f"wrote {out} (from {sharded})")
-    return 0
-
-
 def cmd_convert(args: argparse.Namespace) -> int:
     """Convert pickle weights (.bin/.pt) to safetensors, once."""
-    from .checkpoint.convert import convert_to_safetensors
+    from ..checkpoint.convert import convert_to_safetensors
 
     for path in convert_to_safetensors(args.source, args.output, overwrite=args.overwrite):
         print(f"wrote {path}")
@@ -168,8 +144,8 @@ def _sampling(args: argparse.Namespace, defaults: Any) -> Any:
 def _pipeline(args: argparse.Namespace) -> Any:
     import torch
 
-    from .pipelines import MMaDAPipeline
-    from .utils.device import seed_everything
+    from ..pipelines import MMaDAPipeline
+    from ..utils.device import seed_everything
 
     if args.seed is not None:
         seed_everything(args.seed)
@@ -193,7 +169,7 @@ def _pipeline(args: argparse.Namespace) -> Any:
 def _run_text(steps: Any, total: int, quiet: bool) -> Any:
     from tqdm import tqdm
 
-    from .sampling import last_step
+    from ..sampling import last_step
 
     return last_step(tqdm(steps, total=total, desc="denoising", unit="step", disable=quiet, leave=False))
 
@@ -298,7 +274,7 @@ def cmd_t2i(args: argparse.Namespace) -> int:
 
 def cmd_inpaint(args: argparse.Namespace) -> int:
     """Repaint a region of an image (a box or a mask image) under a prompt."""
-    from .image_tokenizer import load_image
+    from ..image_tokenizer import load_image
 
     if (args.box is None) == (args.mask is None):
         raise ValueError("give exactly one of --box LEFT TOP RIGHT BOTTOM or --mask MASK_IMAGE")
@@ -315,8 +291,8 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Score a model on the tiny world's fixed evaluation suite."""
-    from .evaluation.world import WorldEvalConfig, evaluate_world, results_to_markdown, save_results
-    from .sampling import Overrides, TextSampling
+    from ..evaluation.world import WorldEvalConfig, evaluate_world, results_to_markdown, save_results
+    from ..sampling import Overrides, TextSampling
 
     pipe = _pipeline(args)
     text = Overrides(TextSampling, temperature=0.0)
@@ -335,30 +311,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Show every capability on a model (the built-in MMaDA-tiny by default), checked by the world's judges."""
-    from .demo import run_demo
+    from ..demo import run_demo
 
     _check_output(args.output / "x")
     pipe = _pipeline(args)
     run_demo(pipe, args.output, seed=args.seed or 0, log=lambda line: print(line, flush=True))
     print(f"everything the demo made is in {args.output}/")
-    return 0
-
-
-def cmd_recipe(args: argparse.Namespace) -> int:
-    """Train MMaDA-tiny through the recipe: pretraining, mixed-CoT SFT, the no-CoT ablation, scores."""
-    from .recipe import RecipeConfig, run_tiny_recipe, scores_table
-
-    if args.name != "tiny":
-        raise ValueError(f"unknown recipe {args.name!r}; available: tiny")
-    recipe = RecipeConfig(out_dir=str(args.out), pretrain_steps=args.pretrain_steps, sft_steps=args.sft_steps,
-                          ablation=not args.no_ablation, evaluate=not args.no_eval, eval_per_group=args.per_group,
-                          eval_limit=args.limit, overrides=tuple(args.overrides), threads=args.threads,
-                          seed=args.seed, progress=not args.quiet)
-    result = run_tiny_recipe(recipe)
-    if result.scores:
-        print(scores_table(result.scores))
-    print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in result.seconds.items()))
-    print(f"MMaDA-tiny written to {result.model_dir}")
     return 0
 
 
@@ -382,7 +340,7 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _add_generation_commands(sub: Any) -> None:
-    from .sampling import ImageSampling, TextSampling
+    from ..sampling import ImageSampling, TextSampling
 
     p = sub.add_parser("generate", help="answer a prompt")
     p.add_argument("prompt")
@@ -442,183 +400,6 @@ def _add_generation_commands(sub: Any) -> None:
     _add_model_flags(p)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("recipe", help="train MMaDA-tiny through the whole recipe on the tiny world")
-    p.add_argument("name", nargs="?", default="tiny", help="recipe name (only: tiny)")
-    p.add_argument("--out", type=Path, default=Path("runs/mmada-tiny"), help="run folder (default: runs/mmada-tiny)")
-    p.add_argument("--pretrain-steps", type=_positive_int, default=None, help="override the pretraining steps")
-    p.add_argument("--sft-steps", type=_positive_int, default=None, help="override the SFT steps")
-    p.add_argument("--no-ablation", action="store_true", help="skip the no-CoT SFT ablation")
-    p.add_argument("--no-eval", action="store_true", help="skip the evaluations")
-    p.add_argument("--per-group", type=_positive_int, default=50, help="evaluation examples per group (default: 50)")
-    p.add_argument("--limit", type=_positive_int, default=None, help="cap evaluation examples per group")
-    p.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: all cores)")
-    p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    p.add_argument("overrides", nargs="*", default=[], help="key=value overrides for every stage")
-    p.set_defaults(func=cmd_recipe)
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    """Train, or resume, the run a YAML config describes; SIGTERM / Ctrl-C checkpoint and stop cleanly."""
-    from .training.config import load_config
-    from .training.trainer import run_training
-    from .utils.device import seed_everything
-
-    # the bar first, so that a `log.progress=false` of the user's still wins
-    overrides = [*([] if args.quiet else ["log.progress=true"]), *args.overrides]
-    if args.out is not None:
-        overrides.append(f"log.run_dir={args.out}")
-    config = load_config([args.config], overrides)
-    seed_everything(config.seed)  # the random initialisation of a preset; everything else has its own generator
-    result = run_training(config, resume=args.resume)
-    if result.stopped_by is not None:
-        print(f"stopped at step {result.step}; continue with: mmada train {args.config} ... --resume "
-              f"(checkpoint {result.checkpoint})", file=sys.stderr)
-    return result.exit_code
-
-
-def _key_lines(prefix: str, cls: type) -> list[str]:
-    """One help line per field of a config dataclass: key, its docstring, default (or "required")."""
-    def default(f: dataclasses.Field) -> str:
-        if f.default is not dataclasses.MISSING:
-            return repr(f.default)
-        return "required" if f.default_factory is dataclasses.MISSING else repr(f.default_factory())
-
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    return [f"  {prefix + '.' + name:<30} {doc} [{default(fields[name])}]" for name, doc in field_docs(cls).items()]
-
-
-def _add_train_command(sub: Any) -> None:
-    from .training.config import TrainConfig
-    from .training.data import MixtureSpec
-    from .training.data_adapters import SourceSpec
-    from .training.data_tasks import TaskSpec
-    from .training.data_world import WorldSftSpec
-
-    lines = ["config keys (section.key=value; see src/mmada/training/config.py):"]
-    for section in dataclasses.fields(TrainConfig):
-        factory = section.default_factory  # a section's default is its dataclass, built by calling it
-        if isinstance(factory, type) and dataclasses.is_dataclass(factory):
-            lines += _key_lines(section.name, factory)
-    lines.append(f"  {'seed, device':<30} Top-level keys [10086, 'auto'].")
-    lines += ["", "data: world_pretrain / world_sft (the tiny world; world_sft adds cot, thinking, plain_fraction):"]
-    lines += _key_lines("data", WorldSftSpec)
-    lines += ["", "data: mixture (files on disk; src/mmada/configs/train/stage1_1.yaml is an example):"]
-    lines += _key_lines("data", MixtureSpec)
-    lines += _key_lines("data.tasks.<task>", TaskSpec) + _key_lines("data.tasks.<task>", SourceSpec)
-    p = sub.add_parser("train", help="train or resume a run from a YAML config", epilog="\n".join(lines),
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", type=Path, help="YAML file, or the name of a shipped config (tiny_pretrain, "
-                   "tiny_sft, tiny_sft_nocot, stage1_1 ... stage2_2)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. optim.lr=3e-4 batch.grad_accum=8")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
-    p.add_argument("--out", default=None, help="run folder (overrides log.run_dir)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
-    p.set_defaults(func=cmd_train)
-
-
-# ---- world commands --------------------------------------------------------------------------------
-def cmd_world_train_tokenizers(args: argparse.Namespace) -> int:
-    """Train the world's text and image tokenizers, then print their held-out evaluation."""
-    import time
-
-    import torch
-
-    from .world.tokenizers import (
-        IMAGE_TOKENIZER_SUBDIR,
-        TEXT_TOKENIZER_SUBDIR,
-        build_world_patch_codebook,
-        evaluate_tokenizers,
-        format_evaluation,
-        train_image_tokenizer,
-        train_text_tokenizer,
-    )
-
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    start = time.perf_counter()
-    text_dir = train_text_tokenizer(args.output / TEXT_TOKENIZER_SUBDIR, vocab_size=args.vocab_size, seed=args.seed)
-    text_seconds = time.perf_counter() - start
-    print(f"wrote {text_dir} ({text_seconds:.1f} s)")
-    start = time.perf_counter()
-    image_dir = args.output / IMAGE_TOKENIZER_SUBDIR
-    if args.image_tokenizer == "magvit":
-        train_image_tokenizer(image_dir, steps=args.steps, seed=args.seed, progress=not args.quiet)
-    else:
-        build_world_patch_codebook(image_dir, seed=args.seed)
-    image_seconds = time.perf_counter() - start
-    print(f"wrote {image_dir} ({image_seconds:.1f} s on {torch.get_num_threads()} threads)")
-    results = evaluate_tokenizers(text_dir, image_dir)
-    results["training_seconds"] = {"text": round(text_seconds, 1), "image": round(image_seconds, 1),
-                                   "threads": torch.get_num_threads()}
-    print(format_evaluation(results))
-    if args.json is not None:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"wrote {args.json}")
-    return 0
-
-
-def cmd_world_sample(args: argparse.Namespace) -> int:
-    """Draw a captioned grid of world scenes."""
-    from .world.preview import sample_grid
-
-    _check_output(args.output)
-    grid = sample_grid(args.n, seed=args.seed)
-    grid.save(args.output)
-    print(f"wrote {args.output}")
-    return 0
-
-
-def cmd_world_judge(args: argparse.Namespace) -> int:
-    """Print what the scene parser sees in an image and the GenEval-style verdict for a caption."""
-    import numpy as np
-
-    from .image_tokenizer import load_image
-    from .world.captions import parse_caption
-    from .world.judges import score_t2i
-    from .world.preview import describe
-
-    prompt = parse_caption(args.caption)  # a caption outside the template language is a usage error
-    image = np.asarray(load_image(args.image))
-    print(describe(image))
-    verdict = score_t2i(image, prompt)
-    print(f"verdict: {'correct' if verdict else 'incorrect'} ({prompt.category})")
-    for reason in verdict.reasons:
-        print(f"- {reason}")
-    return 0 if verdict else 1
-
-
-def _add_world_commands(sub: Any) -> None:
-    world = sub.add_parser("world", help="the tiny world: tokenizers, sample grids, judges")
-    commands = world.add_subparsers(dest="world_command", required=True, metavar="WORLD_COMMAND")
-
-    p = commands.add_parser("train-tokenizers", help="train the world's text and image tokenizers and evaluate them")
-    p.add_argument("--image-tokenizer", choices=("patches", "magvit"), default="patches",
-                   help="patches: the committed patch codebook (one code per exact 4x4 patch, ~10 s); magvit: a "
-                   "learned MAGVIT-v2/LFQ (~5 min; its codes depend on each patch's neighbourhood)")
-    p.add_argument("-o", "--output", type=Path, default=Path("world-tokenizers"),
-                   help="folder for text_tokenizer/ and image_tokenizer/ (default: world-tokenizers; the "
-                   "committed ones live in src/mmada/world/assets)")
-    p.add_argument("--seed", type=int, default=0, help="selects corpora, initial weights and batches (default: 0)")
-    p.add_argument("--steps", type=_positive_int, default=None, help="magvit optimizer steps (default: the recipe's)")
-    p.add_argument("--vocab-size", type=_positive_int, default=None,
-                   help="text tokens incl. specials (default: the recipe's)")
-    p.add_argument("--json", type=Path, default=None, help="also write the evaluation as JSON")
-    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: torch's; the image "
-                   "tokenizer's weights depend on it)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_world_train_tokenizers)
-
-    p = commands.add_parser("sample", help="draw a captioned grid of world scenes")
-    p.add_argument("-o", "--output", type=Path, default=Path("world.png"), help="PNG to write")
-    p.add_argument("--n", type=_positive_int, default=16, help="number of scenes (default: 16)")
-    p.add_argument("--seed", type=int, default=0, help="selects the scenes (default: 0)")
-    p.set_defaults(func=cmd_world_sample)
-
-    p = commands.add_parser("judge", help="what the scene parser sees, and whether a caption holds (exit 1 if not)")
-    p.add_argument("image", help="image file (32x32, or a multiple of it)")
-    p.add_argument("caption", help='caption in the world\'s language, e.g. "a red circle above a blue square"')
-    p.set_defaults(func=cmd_world_judge)
 
 
 def _add_global_flags(parser: argparse.ArgumentParser, top: bool) -> None:
@@ -644,21 +425,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("consolidate", help="export a multi-process training checkpoint as a release checkpoint")
-    p.add_argument("source", type=Path, help="a run folder (its newest checkpoint), a step-* checkpoint folder, or "
-                   "its sharded/ folder")
-    p.add_argument("-o", "--output", type=Path, required=True, help="output folder (config.json + safetensors)")
-    p.add_argument("--dtype", default=None, help="storage dtype, e.g. bfloat16 (default: the checkpoint's)")
-    p.set_defaults(func=cmd_consolidate)
-
     p = sub.add_parser("convert", help="convert pickle weights (.bin) to safetensors")
     p.add_argument("source", type=Path, help="a folder with .bin files, or one .bin file")
     p.add_argument("-o", "--output", type=Path, default=None, help="output folder (default: beside the source)")
     p.add_argument("--overwrite", action="store_true", help="replace existing .safetensors files")
     p.set_defaults(func=cmd_convert)
     _add_generation_commands(sub)
-    _add_train_command(sub)
-    _add_world_commands(sub)
+    from .train import add_training_commands
+    from .world import add_world_commands
+
+    add_training_commands(sub)
+    add_world_commands(sub)
     _add_global_flags(parser, top=True)
     return parser
 
