@@ -253,6 +253,20 @@ def test_a_stale_lock_is_taken_over_with_a_warning(tmp_path, caplog):
     assert not (tmp_path / LOCK_NAME).exists() and not list(tmp_path.glob(".lock*"))
 
 
+def test_a_lock_left_by_an_earlier_process_with_our_pid_or_a_reused_pid_is_stale(tmp_path, caplog):
+    """A restarted container's process can get the PID its predecessor wrote; a live PID that started at
+    another time than the lock records was reused by an unrelated process."""
+    here = socket.gethostname()
+    for owner in ({"pid": os.getpid(), "host": here, "token": "an-earlier-process"},
+                  {"pid": os.getppid(), "host": here, "token": "x", "identity": "another-boot:1"}):
+        (tmp_path / LOCK_NAME).write_text(json.dumps(owner))
+        with caplog.at_level(logging.WARNING, logger="mmada.training.run_lock"):
+            lock = RunLock(tmp_path).acquire()
+        assert f"PID {owner['pid']} on {here}" in caplog.text and "is no longer running" in caplog.text
+        lock.release()
+        caplog.clear()
+
+
 def test_a_lock_from_another_host_is_refused(tmp_path):
     (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": 1, "host": "other-node", "token": "x"}))
     with pytest.raises(RunLockedError, match=rf"in use by PID 1 on other-node.*another machine: if that run is "

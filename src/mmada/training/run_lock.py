@@ -4,14 +4,16 @@ Two runs writing the same folder would write every metric twice, race on `step-N
 other's temporary checkpoint folders. So the main process of a run takes the lock before it writes
 anything, and gives it back when the run ends (normally, by an error or by SIGTERM/SIGINT):
 
-    .lock    {"pid": 4242, "host": "node-3", "token": "9f...", "started": "2026-12-02T16:18:09Z"}
+    .lock    {"pid": 4242, "host": "node-3", "token": "9f...", "started": "2026-12-02T16:18:09Z",
+              "identity": "<boot id>:<process start time>"}
 
 * The lock is created atomically and complete: its text goes into a private temporary file that is then
   hard-linked to `.lock` (`os.link` fails if `.lock` exists), so no reader ever sees a half-written lock.
 * A second run on the folder is refused with `RunLockedError`, naming the owner's PID and host.
-* A lock whose process is gone (same host, PID not alive: a run killed with SIGKILL, or a crashed machine
-  rebooted) is stale: it is taken over, with a warning. A lock from another host cannot be checked and is
-  always refused; the message says how to remove it by hand.
+* A lock whose process is gone (same host, and the PID is not alive, or alive but started at another time
+  or boot than the lock records: a run killed with SIGKILL, a rebooted machine, a restarted container whose
+  new process got the same PID) is stale: it is taken over, with a warning. A lock from another host cannot
+  be checked and is always refused; the message says how to remove it by hand.
 * Releasing removes the lock only if it still holds this run's random token, so a run never deletes a lock
   that another run has taken over.
 """
@@ -42,14 +44,33 @@ class RunFolderError(PermissionError):
     """The run folder cannot be created or written; the message names it and the reason."""
 
 
-def _alive(pid: int) -> bool:
+_HELD: set[str] = set()
+"""Tokens of the locks this process holds: a lock naming our own PID but another token is a leftover of an
+earlier process that had the same PID (a restarted container), not a live owner."""
+
+
+def _identity(pid: int) -> str | None:
+    """The boot and start time of process `pid` (Linux /proc), which a reused PID does not share; else None."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return f"{boot}:{stat.rsplit(')', 1)[1].split()[19]}"  # field 22, starttime; after the "(comm)"
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(owner: dict[str, Any]) -> bool:
+    pid = int(owner["pid"])
+    if pid == os.getpid():
+        return owner.get("token") in _HELD
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # it exists, owned by another user
-        return True
-    return True
+        pass
+    recorded, now = owner.get("identity"), _identity(pid)
+    return recorded is None or now is None or recorded == now  # a different start: the PID was reused
 
 
 def _describe(owner: dict[str, Any]) -> str:
@@ -69,7 +90,7 @@ class RunLock:
         """Take the lock (creating the run folder); raise `RunLockedError` if a live run holds it, or
         `RunFolderError` if the folder cannot be written."""
         owner = {"pid": os.getpid(), "host": socket.gethostname(), "token": self.token,
-                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "identity": _identity(os.getpid())}
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             tmp = self.run_dir / f"{LOCK_NAME}.{self.token}.tmp"
@@ -78,6 +99,7 @@ class RunLock:
                 for _ in range(3):  # a stale lock taken over may be re-taken by a concurrent run: retry
                     if self._link(tmp):
                         self.held = True
+                        _HELD.add(self.token)
                         return self
                     self._take_over_if_stale()
             finally:
@@ -108,14 +130,15 @@ class RunLock:
             return  # released meanwhile: try again
         try:
             owner = json.loads(text)
-            pid, host = int(owner["pid"]), str(owner["host"])
+            int(owner["pid"])
+            host = str(owner["host"])
         except (ValueError, KeyError, TypeError):
             raise RunLockedError(f"run folder {self.run_dir} has an unreadable lock file {self.path}; if no run "
                                  "is using this folder, delete that file") from None
         if host != socket.gethostname():
             raise RunLockedError(f"run folder {self.run_dir} is in use by {_describe(owner)} (another machine: "
                                  f"if that run is gone, delete {self.path})")
-        if _alive(pid):
+        if _alive(owner):
             raise RunLockedError(f"run folder {self.run_dir} is in use by {_describe(owner)}; wait for it, stop "
                                  "it, or choose another --out")
         logger.warning("taking over the stale lock of %s: %s is no longer running", self.run_dir, _describe(owner))
@@ -136,6 +159,7 @@ class RunLock:
         if not self.held:
             return
         self.held = False
+        _HELD.discard(self.token)
         try:
             if json.loads(self.path.read_text(encoding="utf-8")).get("token") == self.token:
                 self.path.unlink()
