@@ -11,7 +11,7 @@ One optimizer step (`Trainer.train_step`):
 
 SIGTERM / SIGINT finish the current step, write a checkpoint and return; a second signal acts as usual.
 A run that diverges stops with `NonFiniteLossError` after `optim.nonfinite_patience` consecutive steps with
-a non-finite loss, and weights that became non-finite are never checkpointed (the last good checkpoint
+a non-finite loss or gradient norm, and weights that became non-finite are never checkpointed (the last good checkpoint
 stays the latest). The main process holds the run folder's lock (`training.run_lock`) for the whole run,
 so a second run on the same folder is refused.
 `fit(resume=True)` restores weights, AdamW, scheduler, every RNG and the data cursor, so a stopped run
