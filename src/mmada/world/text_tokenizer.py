@@ -33,7 +33,7 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from mmada.prompting.chat import render_chat
+from mmada.prompting.chat import LLADA_CHAT_TEMPLATE, render_chat
 from mmada.prompting.tokenizer import SPECIAL_TOKENS_MAP_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
 from mmada.prompting.vocab import END_HEADER_TOKEN, EOT_ID_TOKEN, MASK_TOKEN, START_HEADER_TOKEN
 from mmada.world.data import digit_examples, iter_t2i, iter_text, iter_vqa
@@ -54,15 +54,6 @@ SPECIAL_TOKENS: tuple[str, ...] = (
     EOT_ID_TOKEN,
 )
 """Added tokens in id order, as in the LLaDA tokenizer (and the reference fixture: ids 300-318)."""
-
-# Verbatim `chat_template` of the LLaDA tokenizer_config.json (the one MMaDA's generate.py / app.py
-# install; recorded in the reference fixture). `mmada.prompting.render_chat` renders the same string.
-LLADA_CHAT_TEMPLATE = (
-    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
-    "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\n'+ message['content'] | trim + "
-    "'<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
-    "{{ content }}{% endfor %}{{ '<|start_header_id|>assistant<|end_header_id|>\n' }}"
-)
 
 DEFAULT_VOCAB_SIZE = 768
 """Total tokens incl. the 19 specials; see docs/results.md for the tokens-per-sequence trade-off."""
