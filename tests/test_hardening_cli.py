@@ -45,6 +45,15 @@ def parse_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     return err
 
 
+def online(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hub access on for this test, whatever the environment says (restored after it, also when --offline sets
+    the variable)."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv(OFFLINE_ENV, "0")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+
+
 @pytest.fixture
 def no_hub(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     """Record every call of `huggingface_hub.snapshot_download` (and make it fail like an offline cache miss)."""
@@ -57,7 +66,7 @@ def no_hub(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
         raise LocalEntryNotFoundError("not cached")
 
     monkeypatch.setattr("huggingface_hub.snapshot_download", fake)
-    monkeypatch.setenv(OFFLINE_ENV, "0")  # restored (removed) after the test, also when --offline sets it
+    online(monkeypatch)
     return calls
 
 
@@ -123,7 +132,7 @@ def test_a_file_is_not_a_checkpoint_folder(capsys, png):
 def test_hub_id_is_fetched_only_without_a_local_folder(monkeypatch, capsys, tmp_path):
     calls: list[dict] = []
     monkeypatch.setattr("huggingface_hub.snapshot_download", lambda **kw: calls.append(kw) or str(BUILTIN))
-    monkeypatch.setenv(OFFLINE_ENV, "0")
+    online(monkeypatch)
     monkeypatch.chdir(tmp_path)
     assert main(["info", "owner/model"]) == 0
     assert [c["repo_id"] for c in calls] == ["owner/model"] and calls[0]["local_files_only"] is False
@@ -139,7 +148,7 @@ def test_offline_reads_the_cache_only(how, no_hub, capsys, monkeypatch):
     if how == "env":
         monkeypatch.setenv(OFFLINE_ENV, "1")
     err = run_error(argv, capsys)
-    assert "could not load 'owner/model' from the Hugging Face hub: offline mode is on" in err
+    assert "could not download 'owner/model' from the Hugging Face hub: offline mode is on" in err
     assert [c["local_files_only"] for c in no_hub] == [True]
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,8 +40,11 @@ class FolderNotFoundError(CheckpointError, FileNotFoundError):
 
 
 def offline() -> bool:
-    """Whether hub access is off (`HF_HUB_OFFLINE` set to 1 / true / yes / on)."""
-    return os.environ.get(OFFLINE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+    """Whether hub access is off: `HF_HUB_OFFLINE` set to 1 / true / yes / on now, or when huggingface_hub was
+    imported (it reads the variable once, into `huggingface_hub.constants.HF_HUB_OFFLINE`)."""
+    constants = sys.modules.get("huggingface_hub.constants")
+    return (os.environ.get(OFFLINE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+            or bool(getattr(constants, "HF_HUB_OFFLINE", False)))
 
 
 def looks_like_path(name: str) -> bool:
@@ -102,7 +106,7 @@ def _download(repo_id: str, allow_patterns: Sequence[str] | None) -> Path:
     except LocalEntryNotFoundError as err:
         why = "offline mode is on (--offline / HF_HUB_OFFLINE=1)" if local_only else "no network connection"
         raise CheckpointError(
-            f"could not load {repo_id!r} from the Hugging Face hub: {why} and no cached copy; download it on a "
+            f"could not download {repo_id!r} from the Hugging Face hub: {why} and no cached copy; download it on a "
             "machine with network access and pass the local folder instead"
         ) from err
     except (HfHubHTTPError, OSError, ValueError) as err:
