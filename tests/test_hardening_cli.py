@@ -197,7 +197,7 @@ def test_corrupt_image_to_understand(capsys, tmp_path):
 def test_output_into_a_file_instead_of_a_folder(capsys, tmp_path):
     (tmp_path / "afile").write_text("x")
     err = run_error(["world", "sample", "--n", "1", "-o", str(tmp_path / "afile" / "out.png")], capsys)
-    assert err == f"mmada world sample: error: not a directory: {tmp_path / 'afile'}"
+    assert err == f"mmada world: error: not a directory: {tmp_path / 'afile'}"
 
 
 def test_output_into_a_read_only_folder(capsys, tmp_path, monkeypatch):
@@ -228,7 +228,7 @@ def test_full_disk_while_writing(capsys, tmp_path, monkeypatch):
 
     monkeypatch.setattr(Image.Image, "save", full)
     err = run_error(["world", "sample", "--n", "1", "-o", str(tmp_path / "grid.png")], capsys)
-    assert err == f"mmada world sample: error: no space left on device while writing {tmp_path / 'grid.png'}"
+    assert err == f"mmada world: error: no space left on device while writing {tmp_path / 'grid.png'}"
 
 
 def test_missing_optional_package_names_the_pip_command(capsys, tmp_path, monkeypatch):
@@ -237,7 +237,7 @@ def test_missing_optional_package_names_the_pip_command(capsys, tmp_path, monkey
 
     monkeypatch.setattr("mmada.world.preview.sample_grid", needs_matplotlib)
     err = run_error(["world", "sample", "-o", str(tmp_path / "g.png")], capsys)
-    assert err == ("mmada world sample: error: the optional package 'matplotlib' is not installed: "
+    assert err == ("mmada world: error: the optional package 'matplotlib' is not installed: "
                    "pip install 'mmada[plots]'")
 
 
@@ -262,7 +262,7 @@ def test_unexpected_error_is_one_line_exit_1_and_debug_shows_it(capsys, monkeypa
     monkeypatch.setattr("mmada.world.preview.sample_grid", boom)
     argv = ["world", "sample", "-o", str(tmp_path / "g.png")]
     err = run_error(argv, capsys, code=1)
-    assert err == ("mmada world sample: error: unexpected RuntimeError: something odd; second line (run with "
+    assert err == ("mmada world: error: unexpected RuntimeError: something odd; second line (run with "
                    "--debug for the traceback)")
     for debug in (["--debug", *argv], [*argv, "--debug"]):
         with pytest.raises(RuntimeError, match="something odd"):

@@ -488,8 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         message, code = describe_error(err)
-        command = " ".join(filter(None, (args.command, getattr(args, "world_command", None))))
-        print(f"mmada {command}: error: {_name_flags(message, parser)}", file=sys.stderr)
+        print(f"mmada {args.command}: error: {_name_flags(message, parser)}", file=sys.stderr)
         return code
 
 
