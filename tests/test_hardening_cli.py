@@ -281,11 +281,12 @@ def test_ctrl_c_exits_130(capsys, monkeypatch, tmp_path):
 
 
 # ---- consolidate ---------------------------------------------------------------------------------------
-def test_consolidate_refuses_what_is_not_a_multi_process_checkpoint(capsys, tmp_path):
+def test_consolidate_refuses_what_is_not_a_checkpoint(capsys, tmp_path):
     assert "no such folder: " in run_error(["consolidate", str(tmp_path / "nope"), "-o", str(tmp_path / "o")], capsys)
     err = run_error(["consolidate", str(tmp_path), "-o", str(tmp_path / "o")], capsys)
-    assert "holds no complete checkpoint (step-*/) nor a sharded/ folder" in err
+    assert "holds no complete training checkpoint" in err
     (tmp_path / "step-000002" / "model").mkdir(parents=True)
+    (tmp_path / "step-000002" / "trainer.json").write_text("{}")
     (tmp_path / "step-000002" / "sharded").mkdir()
     (tmp_path / "step-000002" / "sharded" / ".metadata").write_bytes(b"\x80\x04crafted")
     err = run_error(["consolidate", str(tmp_path / "step-000002"), "-o", str(tmp_path / "o")], capsys)

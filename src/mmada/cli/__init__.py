@@ -1,5 +1,4 @@
 """The `mmada` command line: a table of subcommands, each a thin wrapper over the library."""
-# ruff: noqa: T201 - a command line prints its results (pyproject.toml exempts the former cli.py)
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
 """`mmada train`, `mmada recipe`, `mmada consolidate`: training runs and what they produce."""
-# ruff: noqa: T201 - a command line prints its results (as cli/__init__.py, exempt in pyproject.toml)
 
 from __future__ import annotations
 
@@ -15,27 +14,14 @@ from . import _positive_int
 
 
 def cmd_consolidate(args: argparse.Namespace) -> int:
-    """Export a multi-process (sharded) training checkpoint as a release checkpoint folder."""
-    from ..checkpoint.train_state import find_latest
-    from ..training.distributed import consolidate_to_release
+    """Export a training checkpoint (multi-process or not) as a release checkpoint folder, tokenizer included."""
+    from ..training.export import export_release
 
     source: Path = args.source
     if not source.is_dir():
         raise FileNotFoundError(errno.ENOENT, "No such folder", str(source))
-    if (source / ".metadata").is_file():  # the sharded/ folder itself
-        sharded = source
-    elif (source / "sharded").is_dir():  # a step-* checkpoint folder
-        sharded = source / "sharded"
-    else:  # a run folder: its newest complete checkpoint
-        latest = find_latest(source)
-        if latest is None:
-            raise ValueError(f"{source} holds no complete checkpoint (step-*/) nor a sharded/ folder")
-        sharded = latest / "sharded"
-        if not sharded.is_dir():
-            raise ValueError(f"{latest} is a single-process checkpoint: {latest / 'model'} already is a release "
-                             "checkpoint (mmada info / --model take it as it is)")
-    out = consolidate_to_release(sharded, None, args.output, dtype=args.dtype)
-    print(f"wrote {out} (from {sharded})")
+    out = export_release(source, args.output, dtype=args.dtype)
+    print(f"wrote {out} (from {source})")
     return 0
 
 
@@ -134,9 +120,9 @@ def add_training_commands(sub: Any) -> None:
     p.add_argument("overrides", nargs="*", default=[], help="key=value overrides for every stage")
     p.set_defaults(func=cmd_recipe)
 
-    p = sub.add_parser("consolidate", help="export a multi-process training checkpoint as a release checkpoint")
+    p = sub.add_parser("consolidate", help="export a training checkpoint (any number of processes) as a release one")
     p.add_argument("source", type=Path, help="a run folder (its newest checkpoint), a step-* checkpoint folder, or "
-                   "its sharded/ folder")
+                   "a multi-process checkpoint's sharded/ folder")
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder (config.json + safetensors)")
     p.add_argument("--dtype", default=None, help="storage dtype, e.g. bfloat16 (default: the checkpoint's)")
     p.set_defaults(func=cmd_consolidate)

@@ -1,5 +1,4 @@
 """`mmada world ...`: train the tiny world's tokenizers, draw sample grids, run its judges."""
-# ruff: noqa: T201 - a command line prints its results (as cli/__init__.py, exempt in pyproject.toml)
 
 from __future__ import annotations
 
