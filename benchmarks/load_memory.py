@@ -66,6 +66,7 @@ def write_checkpoint(folder: Path, size_mb: int, shard_mb: int) -> int:
     # d_model 1024 / SwiGLU 5632 / vocab 32k (about 21M parameters a layer); layers scale to the size.
     probe = ModelConfig(d_model=1024, n_heads=16, n_kv_heads=16, n_layers=1, mlp_hidden_size=5632,
                         vocab_size=32768, embedding_size=32768, mask_token_id=32000, llm_vocab_size=32000,
+                        eos_token_id=31999, pad_token_id=31999,
                         codebook_size=768)
     per_layer = probe.replace(n_layers=2).num_parameters() - probe.num_parameters()
     fixed = probe.num_parameters() - per_layer
