@@ -106,8 +106,9 @@ def _download(repo_id: str, allow_patterns: Sequence[str] | None) -> Path:
     except LocalEntryNotFoundError as err:
         why = "offline mode is on (--offline / HF_HUB_OFFLINE=1)" if local_only else "no network connection"
         raise CheckpointError(
-            f"could not download {repo_id!r} from the Hugging Face hub: {why} and no cached copy; download it on a "
-            "machine with network access and pass the local folder instead"
+            f"could not download {repo_id!r} from the Hugging Face hub: {why} and no cached copy (there is no "
+            f"local folder {repo_id!r} either); download it on a machine with network access and pass the local "
+            "folder instead"
         ) from err
     except (HfHubHTTPError, OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
