@@ -1,6 +1,7 @@
 """The transformer: `ModelConfig` and `MMaDAModel` (tokens -> logits)."""
 
+from .cache import KVCache
 from .config import ModelConfig
 from .transformer import MMaDAModel
 
-__all__ = ["MMaDAModel", "ModelConfig"]
+__all__ = ["KVCache", "MMaDAModel", "ModelConfig"]

@@ -15,11 +15,15 @@ Departures from the official model, on purpose:
 * `positions=` asks for logits at a subset of positions only. The head is 134656 wide for the real
   model, so projecting only the current block (sampling) or the masked tokens (training) saves most
   of the head's time and memory.
+* `cache=` / `fresh=` record and reuse keys/values across denoising steps (`model.cache`, after
+  Fast-dLLM). Without them the forward is the exact one, unchanged.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import partial
 from typing import Literal
 
 import torch
@@ -27,10 +31,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from .cache import KVCache
 from .config import ModelConfig
 
 Positions = slice | Tensor | None
 Padding = Literal["hide", "soft"]
+KVHook = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+"""One layer's (keys, values) after RoPE -> the (keys, values) to attend to (record or splice)."""
 
 
 class RMSNorm(nn.Module):
@@ -82,8 +89,11 @@ class Attention(nn.Module):
         self.v = nn.Linear(d, self.n_kv_heads * hd, bias=False)
         self.out = nn.Linear(config.n_heads * hd, d, bias=False)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], key_mask: Tensor | None) -> Tensor:
-        """x: (B, L, d); key_mask: (B, 1, 1, L) bool, True for keys that may be attended, or None."""
+    def forward(
+        self, x: Tensor, rope: tuple[Tensor, Tensor], key_mask: Tensor | None, kv: KVHook | None = None
+    ) -> Tensor:
+        """x: (B, L, d); key_mask: (B, 1, 1, S) bool, True for keys that may be attended, or None;
+        kv: maps this call's keys/values (B, Hkv, L, D) to the S keys/values to attend to (a cache)."""
         B, L, _ = x.shape
         q = self.q(x).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, L, D)
         k = self.k(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, L, D)
@@ -91,6 +101,8 @@ class Attention(nn.Module):
         cos, sin = rope
         q = apply_rope(q, cos, sin, self.full_precision_rope)
         k = apply_rope(k, cos, sin, self.full_precision_rope)
+        if kv is not None:
+            k, v = kv(k, v)  # (B, Hkv, S, D)
         if self.n_kv_heads != self.n_heads:
             # Each kv head serves n_heads / n_kv_heads consecutive query heads (repeat_interleave).
             rep = self.n_heads // self.n_kv_heads
@@ -118,13 +130,15 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(config.d_model, config.rms_norm_eps)
         self.mlp = SwiGLU(config)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], key_mask: Tensor | None) -> Tensor:
-        x = x + self.attn(self.attn_norm(x), rope, key_mask)
+    def forward(
+        self, x: Tensor, rope: tuple[Tensor, Tensor], key_mask: Tensor | None, kv: KVHook | None = None
+    ) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), rope, key_mask, kv)
         return x + self.mlp(self.mlp_norm(x))
 
 
 class MMaDAModel(nn.Module):
-    """`forward(input_ids, attention_mask=None, *, positions=None) -> logits`."""
+    """`forward(input_ids, attention_mask=None, *, positions=None, cache=None, fresh=None) -> logits`."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -183,19 +197,24 @@ class MMaDAModel(nn.Module):
     # ---- forward --------------------------------------------------------------------------------
     def _trunk(
         self, input_ids: Tensor, attention_mask: Tensor | None, keep: list[Tensor] | None = None,
-        padding: Padding = "hide",
+        padding: Padding = "hide", cache: KVCache | None = None, fresh: slice | None = None,
     ) -> Tensor:
+        """Final-norm hidden states (B, L, d); with `fresh`, only those positions' (B, F, d)."""
         key_mask = self._check_inputs(input_ids, attention_mask, padding)
-        L = input_ids.shape[1]
-        rope = rope_tables(torch.arange(L, device=input_ids.device), self.config.head_dim, self.config.rope_theta)
-        x = self.embed(input_ids)  # (B, L, d)
-        for block in self.blocks:
+        span = slice(0, input_ids.shape[1]) if fresh is None else fresh
+        positions = torch.arange(span.start, span.stop, device=input_ids.device)
+        rope = rope_tables(positions, self.config.head_dim, self.config.rope_theta)
+        x = self.embed(input_ids[:, span])  # (B, F, d)
+        for i, block in enumerate(self.blocks):
             if keep is not None:
                 keep.append(x)
+            kv: KVHook | None = None
+            if cache is not None:
+                kv = partial(cache.record, i) if fresh is None else partial(cache.splice, i, fresh=fresh)
             if self.gradient_checkpointing and self.training:
-                x = checkpoint(block, x, rope, key_mask, use_reentrant=False)
+                x = checkpoint(block, x, rope, key_mask, kv, use_reentrant=False)
             else:
-                x = block(x, rope, key_mask)
+                x = block(x, rope, key_mask, kv)
         return self.norm(x)
 
     def forward(
@@ -205,6 +224,8 @@ class MMaDAModel(nn.Module):
         *,
         positions: Positions = None,
         padding: Padding = "hide",
+        cache: KVCache | None = None,
+        fresh: slice | None = None,
     ) -> Tensor:
         """Logits for every position, or only for the ones asked.
 
@@ -219,9 +240,58 @@ class MMaDAModel(nn.Module):
                 lowered by 1 for real queries (a float 0/1 mask added as a bias), and padded queries
                 see everything. Use it to fine-tune released checkpoints exactly as they were trained;
                 it builds a (B, 1, L, L) bias, so it is for training batches, not long-context sampling.
+            cache: a `KVCache`. Without `fresh`, this (exact) forward also records every layer's
+                keys/values into it. With `fresh`, they are reused (see `fresh`).
+            fresh: a slice of positions s..e-1 to recompute, given `cache` recorded on a sequence of
+                the same (B, L): only these positions run through the blocks, attending to their new
+                keys/values and the cached ones elsewhere (an approximation once other tokens have
+                changed since the recording). `positions` must then lie inside `fresh` (None = all of
+                it) and are given, as always, in sequence coordinates.
         """
-        h = self._trunk(input_ids, attention_mask, padding=padding)  # (B, L, d)
+        if fresh is not None:
+            positions = self._check_fresh(input_ids, padding, cache, fresh, positions)
+        elif cache is not None and padding != "hide":
+            raise ValueError("a KV cache needs padding='hide'")
+        h = self._trunk(input_ids, attention_mask, padding=padding, cache=cache, fresh=fresh)  # (B, L or F, d)
         return self.project(select_positions(h, positions))
+
+    def new_cache(self) -> KVCache:
+        """An empty `KVCache` for `forward(..., cache=)`."""
+        return KVCache()
+
+    @staticmethod
+    def _check_fresh(
+        input_ids: Tensor, padding: Padding, cache: KVCache | None, fresh: slice, positions: Positions
+    ) -> Positions:
+        """Validate a cached forward; return `positions` relative to the fresh span."""
+        length = input_ids.shape[1]
+        if cache is None or cache.shape is None:
+            raise ValueError("`fresh` needs a `cache` recorded by an earlier forward (cache=..., fresh=None)")
+        if cache.shape != tuple(input_ids.shape):
+            raise ValueError(f"the cache was recorded for (B, L) = {cache.shape}, input_ids are "
+                             f"{tuple(input_ids.shape)}")
+        if padding != "hide":
+            raise ValueError("a KV cache needs padding='hide'")
+        if (not isinstance(fresh, slice) or fresh.step not in (None, 1) or not isinstance(fresh.start, int)
+                or not isinstance(fresh.stop, int) or not 0 <= fresh.start < fresh.stop <= length):
+            raise ValueError(f"`fresh` must be a slice(start, stop) with 0 <= start < stop <= {length}, got {fresh}")
+        start, stop = fresh.start, fresh.stop
+        if positions is None:
+            return None
+        if isinstance(positions, slice):
+            lo, hi, step = positions.indices(length)
+            if step != 1 or lo < start or hi > stop:
+                raise ValueError(f"positions {positions} must be a contiguous slice inside fresh {fresh}")
+            return slice(lo - start, hi - start)
+        if positions.dtype == torch.bool:
+            outside = positions.clone()
+            outside[:, start:stop] = False
+            if bool(outside.any()):
+                raise ValueError(f"bool positions must all lie inside fresh {fresh}")
+            return positions[:, start:stop]
+        if bool(((positions < start) | (positions >= stop)).any()):
+            raise ValueError(f"index positions must all lie inside fresh {fresh}")
+        return positions - start
 
     def project(self, h: Tensor) -> Tensor:
         """The output head on final-norm hidden states (..., d) -> (..., V)."""

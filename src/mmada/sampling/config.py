@@ -29,6 +29,8 @@ Remasking = Literal["low_confidence", "random"]
 REMASKING: tuple[Remasking, ...] = ("low_confidence", "random")
 TemperatureSchedule = Literal["compounding", "linear"]
 TEMPERATURE_SCHEDULES: tuple[TemperatureSchedule, ...] = ("compounding", "linear")
+CacheMode = Literal["none", "prefix", "dual"]
+CACHE_MODES: tuple[CacheMode, ...] = ("none", "prefix", "dual")
 
 
 @dataclass(frozen=True)
@@ -54,9 +56,23 @@ class TextSampling:
     """Fast mode: commit every token whose confidence reaches this (Fast-dLLM); None = exact schedule."""
     early_stop: bool = True
     """Stop after a block that ends in EOS/EOT in every row (official `mmu_generate_fast`)."""
+    cache: CacheMode = "none"
+    """Key/value cache (Fast-dLLM): "none" = exact; "prefix" reuses the keys/values before the block;
+    "dual" also those after it. Approximate unless refreshed every step; needs a model with `new_cache()`."""
+    cache_refresh: int = 0
+    """With a cache: re-encode the whole sequence every this many steps within a block (1 = every
+    step, which is exact); 0 = only at the start of each block (always done)."""
 
     def __post_init__(self) -> None:
         _at_least_one(gen_length=self.gen_length, block_length=self.block_length, steps=self.steps)
+        if self.cache not in CACHE_MODES:
+            raise ValueError(f"`cache` ({self.cache!r}) must be one of {CACHE_MODES}")
+        if isinstance(self.cache_refresh, bool) or not isinstance(self.cache_refresh, int) or self.cache_refresh < 0:
+            raise ValueError(f"`cache_refresh` ({self.cache_refresh!r}) must be an integer >= 0 (0 = at block "
+                             "starts only)")
+        if self.cache == "none" and self.cache_refresh:
+            raise ValueError(f"`cache_refresh` ({self.cache_refresh}) has no effect with cache='none'; "
+                             "choose cache='prefix' or 'dual', or leave it at 0")
         if self.steps > self.gen_length:
             raise ValueError(f"`steps` ({self.steps}) must be <= `gen_length` ({self.gen_length}): each step "
                              "unmasks at least one token, extra steps would only repeat the model call")

@@ -2,14 +2,14 @@
 
 The samplers never import the model class. Anything with the `Denoiser` call signature works:
 `MMaDAModel` itself, a test mock, or a wrapper such as `ClassifierFreeGuidance`, which is a
-`Denoiser` around a `Denoiser`. Caching wrappers (prefix / dual KV cache, Fast-dLLM) belong here
-too, as further wrappers, without touching the sampling loops.
+`Denoiser` around a `Denoiser`. `BlockCachedDenoiser` (prefix / dual KV cache, Fast-dLLM) is
+another: it needs a `CachingDenoiser` underneath, and the block loop tells it where blocks start.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -128,3 +128,61 @@ def replace_prefix(prefix_ids: Tensor, prefix_mask: Tensor | None) -> UncondFn:
         return ids, torch.cat([head, tail], dim=1)
 
     return uncond
+
+
+@runtime_checkable
+class CachingDenoiser(Protocol):
+    """A `Denoiser` that can record keys/values and reuse them (`MMaDAModel`; see `mmada.model.cache`).
+
+    `new_cache()` returns an empty cache; `__call__(..., cache=c)` is the exact forward that also
+    records into `c`; `__call__(..., cache=c, fresh=slice(s, e))` recomputes only positions s..e-1.
+    """
+
+    def new_cache(self) -> Any: ...
+
+    def __call__(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, *, positions: Positions = None,
+        cache: Any = None, fresh: slice | None = None,
+    ) -> Tensor: ...
+
+
+class BlockCachedDenoiser:
+    """A `Denoiser` that reuses keys/values while a block is denoised (Fast-dLLM, arXiv 2505.22618 §3.2).
+
+    The first call of each block (after `start_block`), and every `refresh`-th call within it, is
+    the exact forward and records the cache; the other calls recompute only the block (mode
+    "dual") or the block and everything after it ("prefix"), extended to the left to the first
+    position whose logits are asked. `refresh` = 1 makes every call exact; 0 = block starts only.
+    Cache rows follow batch rows, so a guidance wrapper around this one caches both halves.
+    """
+
+    def __init__(self, denoiser: CachingDenoiser, mode: Literal["prefix", "dual"], refresh: int = 0) -> None:
+        if not isinstance(denoiser, CachingDenoiser):
+            raise ValueError(f"a KV cache needs a model with `new_cache()` and `cache=`/`fresh=` arguments "
+                             f"(MMaDAModel); {type(denoiser).__name__} has none: use cache='none'")
+        if mode not in ("prefix", "dual"):
+            raise ValueError(f"cache mode must be 'prefix' or 'dual', got {mode!r}")
+        self.denoiser, self.mode, self.refresh = denoiser, mode, refresh
+        self.cache = denoiser.new_cache()
+        self.block: slice | None = None
+        self.calls = 0
+        self.refreshes = 0
+        """Full (exact) forwards so far, for benchmarks and tests."""
+
+    def start_block(self, block: slice) -> None:
+        """The next call starts a new block: it refreshes the cache."""
+        self.block, self.calls = block, 0
+
+    def __call__(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, *, positions: Positions = None
+    ) -> Tensor:
+        block, calls = self.block, self.calls
+        self.calls += 1
+        due = calls == 0 or (self.refresh > 0 and calls % self.refresh == 0)
+        if block is None or due or not isinstance(positions, slice):
+            self.refreshes += 1
+            return self.denoiser(input_ids, attention_mask, positions=positions, cache=self.cache)
+        start = min(block.start, positions.indices(input_ids.shape[1])[0])
+        stop = block.stop if self.mode == "dual" else input_ids.shape[1]
+        return self.denoiser(input_ids, attention_mask, positions=positions, cache=self.cache,
+                             fresh=slice(start, stop))

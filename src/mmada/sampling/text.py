@@ -21,6 +21,9 @@ Faithful to Gen-Verse/MMaDA generate.py and models/modeling_mmada.py (`mmu_gener
   while an earlier position is still masked); noise is still drawn as for the whole sequence;
 - with `cfg_scale` > 0 and an `attention_mask`, both halves of the guided batch keep the padding
   mask (the official code drops every mask under CFG); without a mask the two agree.
+
+`TextSampling.cache` ("prefix" / "dual") puts a `BlockCachedDenoiser` under the guidance wrapper:
+the same loop, with a model call that reuses keys/values between refreshes (Fast-dLLM §3.2).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from mmada.sampling.common import (
     uniform_window,
 )
 from mmada.sampling.config import InfillSampling, Remasking, TextSampling
-from mmada.sampling.denoisers import ClassifierFreeGuidance, Denoiser, mask_positions
+from mmada.sampling.denoisers import BlockCachedDenoiser, ClassifierFreeGuidance, Denoiser, mask_positions
 from mmada.utils.device import math_dtype
 
 StepT = TypeVar("StepT")
@@ -136,13 +139,17 @@ def iter_denoise_blocks(
         model: the `Denoiser`.
         tokens: (B, L) int64, the initial sequence with masked positions.
         attention_mask: (B, L) padding mask or None.
-        policy: the per-step settings read here: temperature, remasking, threshold, cfg_scale.
+        policy: the per-step settings read here: temperature, remasking, threshold, cfg_scale,
+            and (`TextSampling` only) cache, cache_refresh.
         blocks: position ranges decoded in order; each gets `steps_per_block` steps (quota
             mode), or runs until it has no mask left (threshold mode).
         stop_token_ids: stop after a block whose last token is one of these in every row.
         Other arguments: as in `iter_sample_text`.
     """
     cfg_scale, threshold = policy.cfg_scale, policy.threshold
+    cached = None
+    if isinstance(policy, TextSampling) and policy.cache != "none":
+        model = cached = BlockCachedDenoiser(model, policy.cache, policy.cache_refresh)  # type: ignore[arg-type]
     if cfg_scale > 0:
         model = ClassifierFreeGuidance(model, cfg_scale, mask_positions(tokens != mask_id, mask_id))
     attention_mask = key_padding_mask(attention_mask)
@@ -150,6 +157,8 @@ def iter_denoise_blocks(
     propose = _proposer(policy.temperature, policy.remasking, generator)
     step = 0
     for index, block in enumerate(blocks):
+        if cached is not None:
+            cached.start_block(block)
         block_steps = _iter_block(model, tokens, attention_mask, block, propose, steps=steps_per_block,
                                   threshold=threshold, mask_id=mask_id)
         for tokens, committed, confidence in block_steps:  # `tokens` becomes the state after each step
