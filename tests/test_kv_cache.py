@@ -158,5 +158,4 @@ def test_bad_cache_settings_are_refused():
     with pytest.raises(ValueError, match="no effect with cache='none'"):
         settings(cache_refresh=2)
     with pytest.raises(ValueError, match="MockDenoiser has none"):
-        next(iter_sample_text(MockDenoiser(), torch.zeros(1, 3, dtype=torch.long), settings(cache="prefix"),
-                              mask_id=39))
+        iter_sample_text(MockDenoiser(), torch.zeros(1, 3, dtype=torch.long), settings(cache="prefix"), mask_id=39)

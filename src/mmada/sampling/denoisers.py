@@ -146,6 +146,14 @@ class CachingDenoiser(Protocol):
     ) -> Tensor: ...
 
 
+def check_caching(denoiser: Denoiser) -> CachingDenoiser:
+    """`denoiser` itself if it can keep a KV cache, else a ValueError naming its type."""
+    if not isinstance(denoiser, CachingDenoiser):
+        raise ValueError(f"a KV cache needs a model with `new_cache()` and `cache=`/`fresh=` arguments "
+                         f"(MMaDAModel); {type(denoiser).__name__} has none: use cache='none'")
+    return denoiser
+
+
 class BlockCachedDenoiser:
     """A `Denoiser` that reuses keys/values while a block is denoised (Fast-dLLM, arXiv 2505.22618 §3.2).
 
@@ -156,10 +164,8 @@ class BlockCachedDenoiser:
     Cache rows follow batch rows, so a guidance wrapper around this one caches both halves.
     """
 
-    def __init__(self, denoiser: CachingDenoiser, mode: Literal["prefix", "dual"], refresh: int = 0) -> None:
-        if not isinstance(denoiser, CachingDenoiser):
-            raise ValueError(f"a KV cache needs a model with `new_cache()` and `cache=`/`fresh=` arguments "
-                             f"(MMaDAModel); {type(denoiser).__name__} has none: use cache='none'")
+    def __init__(self, denoiser: Denoiser, mode: Literal["prefix", "dual"], refresh: int = 0) -> None:
+        denoiser = check_caching(denoiser)
         if mode not in ("prefix", "dual"):
             raise ValueError(f"cache mode must be 'prefix' or 'dual', got {mode!r}")
         self.denoiser, self.mode, self.refresh = denoiser, mode, refresh

@@ -49,7 +49,13 @@ from mmada.sampling.common import (
     uniform_window,
 )
 from mmada.sampling.config import InfillSampling, Remasking, TextSampling
-from mmada.sampling.denoisers import BlockCachedDenoiser, ClassifierFreeGuidance, Denoiser, mask_positions
+from mmada.sampling.denoisers import (
+    BlockCachedDenoiser,
+    ClassifierFreeGuidance,
+    Denoiser,
+    check_caching,
+    mask_positions,
+)
 from mmada.utils.device import math_dtype
 
 StepT = TypeVar("StepT")
@@ -86,6 +92,8 @@ def iter_sample_text(
         checked when this function is called, before the first step.
     """
     _check_prompt(prompt_ids, attention_mask, settings.gen_length)
+    if settings.cache != "none":
+        check_caching(model)
     gen_length, block_length = settings.gen_length, settings.block_length
     batch, prompt_len = prompt_ids.shape
     check_length(model, prompt_len + gen_length, f"prompt ({prompt_len}) + gen_length ({gen_length})")
@@ -149,7 +157,7 @@ def iter_denoise_blocks(
     cfg_scale, threshold = policy.cfg_scale, policy.threshold
     cached = None
     if isinstance(policy, TextSampling) and policy.cache != "none":
-        model = cached = BlockCachedDenoiser(model, policy.cache, policy.cache_refresh)  # type: ignore[arg-type]
+        model = cached = BlockCachedDenoiser(model, policy.cache, policy.cache_refresh)
     if cfg_scale > 0:
         model = ClassifierFreeGuidance(model, cfg_scale, mask_positions(tokens != mask_id, mask_id))
     attention_mask = key_padding_mask(attention_mask)
