@@ -10,7 +10,9 @@ progress bar and GIFs, the server and the web page consume.
 Sampler settings are `sampling.TextSampling` / `sampling.ImageSampling`, whose defaults are the official
 demo's (Gen-Verse/MMaDA app.py; MMADA.md §3). A checkpoint may ship `mmada_pipeline.json` with its own
 defaults (the built-in tiny model does); a call takes a settings object (`sampling=`), keyword overrides
-of its fields (`gen_length=...`), or both (the keywords apply over the object).
+of its fields (`gen_length=...`), or both (the keywords apply over the object). Text calls (`generate`,
+`chat`, `understand`, their `iter_*` and `*_batch` forms) also take `preset=` ("exact", "fast", "fastest";
+`sampling.PRESETS`), applied over the defaults (or `sampling=`) and under the keywords.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from .sampling import (
     InfillSampling,
     SampleStep,
     TextSampling,
+    apply_preset,
     iter_extrapolate_image,
     iter_infill_text,
     iter_inpaint_image,
@@ -218,9 +221,11 @@ class MMaDAPipeline:
         return self.image_tokenizer
 
     # ---- text -----------------------------------------------------------------------------------
-    def text_settings(self, sampling: TextSampling | None = None, **overrides: Any) -> TextSampling:
-        """The text settings of a call: `sampling` (default: the pipeline's) with keyword overrides."""
-        return _settings(sampling or self.settings.text, overrides)
+    def text_settings(self, sampling: TextSampling | None = None, preset: str | None = None,
+                      **overrides: Any) -> TextSampling:
+        """The text settings of a call: `sampling` (default: the pipeline's), then the named `preset`
+        (`sampling.PRESETS`), then keyword overrides."""
+        return _settings(apply_preset(sampling or self.settings.text, preset), overrides)
 
     def image_settings(self, sampling: ImageSampling | None = None, **overrides: Any) -> ImageSampling:
         """The image settings of a call: `sampling` (default: the pipeline's) with keyword overrides."""

@@ -134,8 +134,21 @@ def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, title: str,
                                help=f"{docs.get(f.name, '')} (default: {default})")
 
 
+def _add_preset_flag(parser: argparse.ArgumentParser) -> None:
+    from ..sampling import PRESETS
+
+    parser.add_argument("--preset", choices=tuple(PRESETS), default=None,
+                        help="named text sampling preset, applied before the other sampler flags: exact (the "
+                        "official outputs), fast (dual key/value cache), fastest (cache + threshold 0.9) "
+                        "(default: the model's settings, which are exact)")
+
+
 def _sampling(args: argparse.Namespace, defaults: Any) -> Any:
-    """The sampler settings of a call: the pipeline's `defaults` with the flags given on the command line."""
+    """The sampler settings of a call: the pipeline's `defaults`, then `--preset` (text), then the sampler flags."""
+    from ..sampling import TextSampling, apply_preset
+
+    if isinstance(defaults, TextSampling):
+        defaults = apply_preset(defaults, getattr(args, "preset", None))
     given = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(defaults)}
     return dataclasses.replace(defaults, **{name: value for name, value in given.items() if value is not None})
 
@@ -291,10 +304,11 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     """Score a model on the tiny world's fixed evaluation suite."""
     from ..evaluation.world import WorldEvalConfig, evaluate_world, results_to_markdown, save_results
-    from ..sampling import Overrides, TextSampling
+    from ..sampling import PRESETS, Overrides, TextSampling
 
     pipe = _pipeline(args)
-    text = Overrides(TextSampling, temperature=0.0)
+    preset = PRESETS[args.preset] if args.preset else {}
+    text = Overrides(TextSampling, **preset, temperature=0.0)
     config = WorldEvalConfig(
         tasks=tuple(args.tasks.split(",")) if args.tasks else WorldEvalConfig.tasks,
         per_group=args.per_group, limit=args.limit, batch_size=args.batch_size, thinking=args.thinking,
@@ -345,6 +359,7 @@ def _add_generation_commands(sub: Any) -> None:
     p.add_argument("prompt")
     p.add_argument("--thinking", action="store_true", help="reason in <think>…</think> first")
     _add_model_flags(p)
+    _add_preset_flag(p)
     _add_dataclass_flags(p, TextSampling, "text sampling", "text")
     p.set_defaults(func=cmd_generate)
 
@@ -352,6 +367,7 @@ def _add_generation_commands(sub: Any) -> None:
     p.add_argument("--thinking", action="store_true", help="reason in <think>…</think> first")
     p.add_argument("--system", default=None, help="system prompt")
     _add_model_flags(p)
+    _add_preset_flag(p)
     _add_dataclass_flags(p, TextSampling, "text sampling", "text")
     p.set_defaults(func=cmd_chat)
 
@@ -360,6 +376,7 @@ def _add_generation_commands(sub: Any) -> None:
     p.add_argument("question")
     p.add_argument("--thinking", action="store_true", help="reason in <think>…</think> first")
     _add_model_flags(p)
+    _add_preset_flag(p)
     _add_dataclass_flags(p, TextSampling, "text sampling", "text")
     p.set_defaults(func=cmd_understand)
 
@@ -391,6 +408,7 @@ def _add_generation_commands(sub: Any) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=32, help="prompts per sampler call (default: 32)")
     p.add_argument("--thinking", action="store_true", help="ask reasoning questions in thinking mode")
     p.add_argument("-o", "--output", type=Path, default=None, help="write the results as JSON")
+    _add_preset_flag(p)
     _add_model_flags(p)
     p.set_defaults(func=cmd_eval)
 

@@ -5,14 +5,15 @@
 - `inpaint`: text infilling, image inpainting and extrapolation, composed from the two loops.
 - `denoisers`: the `Denoiser` protocol and `ClassifierFreeGuidance`.
 - `common`: Gumbel noise, confidences, commit selection, `SampleStep`.
-- `config`: the settings each sampler takes (`TextSampling`, `ImageSampling`, `InfillSampling`).
+- `config`: the settings each sampler takes (`TextSampling`, `ImageSampling`, `InfillSampling`) and the
+  named text presets (`PRESETS`, `apply_preset`).
 
 Every sampler has an iterator form (`iter_*`, yielding one `SampleStep` per model call) and a
 plain form returning the final tokens. Samplers never import the model class.
 """
 
 from mmada.sampling.common import SampleStep
-from mmada.sampling.config import ImageSampling, InfillSampling, Overrides, TextSampling
+from mmada.sampling.config import PRESETS, ImageSampling, InfillSampling, Overrides, TextSampling, apply_preset
 from mmada.sampling.denoisers import ClassifierFreeGuidance, Denoiser, guide
 from mmada.sampling.image import iter_sample_t2i, sample_t2i
 from mmada.sampling.inpaint import (
@@ -28,6 +29,7 @@ from mmada.sampling.inpaint import (
 from mmada.sampling.text import iter_denoise_blocks, iter_sample_text, last_step, sample_text
 
 __all__ = [
+    "PRESETS",
     "ClassifierFreeGuidance",
     "Denoiser",
     "ImageSampling",
@@ -35,6 +37,7 @@ __all__ = [
     "Overrides",
     "SampleStep",
     "TextSampling",
+    "apply_preset",
     "extend_grid",
     "extrapolate_image",
     "guide",

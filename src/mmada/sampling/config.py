@@ -12,6 +12,9 @@ tensors (shapes, padding, the image positions) stay with the samplers. The pipel
 flags are generated from these fields and their docstrings, and `Overrides` carries a partial set of
 fields to apply over such defaults (evaluation configs).
 
+`PRESETS` names speed/quality trade-offs of text sampling (`exact`, `fast`, `fastest`), each the
+`TextSampling` fields it sets; `apply_preset` puts one over a pipeline's defaults, before a call's keywords.
+
 To add a sampler setting: add the field (with its docstring and check) here, and read it in the
 sampler that uses it.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
+from types import MappingProxyType
 from typing import Any, Generic, Literal, TypeVar
 
 from mmada.diffusion.schedules import get_schedule
@@ -135,6 +139,28 @@ class ImageSampling:
             raise ValueError(f"`temperature_schedule` ({self.temperature_schedule!r}) must be 'compounding' "
                              "or 'linear'")
         get_schedule(self.schedule)  # an unknown name raises, naming the schedule
+
+
+PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
+    # The official outputs: no cache, the fixed commit schedule (what the defaults already are).
+    "exact": MappingProxyType({"cache": "none", "cache_refresh": 0, "threshold": None}),
+    # Fast-dLLM's dual cache, re-encoded at the start of every block: approximate, same commit schedule.
+    "fast": MappingProxyType({"cache": "dual", "cache_refresh": 0, "threshold": None}),
+    # Dual cache plus Fast-dLLM's parallel commit of every token with confidence >= 0.9.
+    "fastest": MappingProxyType({"cache": "dual", "cache_refresh": 0, "threshold": 0.9}),
+})
+"""Named text-sampling presets: name -> the `TextSampling` fields it sets (the others keep the pipeline's
+defaults). `exact` reproduces the official samplers token for token; `fast` and `fastest` trade exactness
+for speed (docs/benchmarks.md). Image sampling has no presets yet: they apply to `TextSampling` only."""
+
+
+def apply_preset(base: TextSampling, preset: str | None) -> TextSampling:
+    """`base` with the fields of the named preset (None: `base` unchanged); an unknown name is refused."""
+    if preset is None:
+        return base
+    if preset not in PRESETS:
+        raise ValueError(f"unknown sampling preset {preset!r}; choose from {', '.join(PRESETS)}")
+    return replace(base, **PRESETS[preset])
 
 
 SettingsT = TypeVar("SettingsT", TextSampling, ImageSampling, InfillSampling)

@@ -1,0 +1,87 @@
+"""Sampling presets on the built-in model: world-evaluation accuracy against speed, one row per preset.
+
+Scores `mmada-tiny` on the tiny world's text tasks (arithmetic, VQA, digit recognition) with the
+recipe's evaluation settings (`recipe.stage_eval_config`: greedy, the model's own text defaults for
+arithmetic, 32 tokens in one block for short answers), once per preset of `sampling.PRESETS` applied
+over them. The table gives the overall accuracy per task, the seconds of the whole run, generated tokens
+per second (answer positions: gen_length per row, early-stopped blocks included) and model calls
+(NFE, each a batch of up to 32 prompts). Image sampling has no presets,
+so t2i is not scored.
+
+    python benchmarks/presets.py [--limit 12] [--threads 1]
+
+The built-in model is tiny and only partly trained: read the accuracies as a check that a preset does
+not break the answers, and the seconds as ratios on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+import mmada.pipelines
+from mmada.evaluation.world import evaluate_world
+from mmada.pipelines import MMaDAPipeline
+from mmada.recipe import stage_eval_config
+from mmada.sampling import PRESETS, Overrides, SampleStep, TextSampling
+
+TASKS = ("arithmetic", "vqa", "digit_recognition")
+
+
+class Counter:
+    """Wraps the pipeline's text sampler: counts model calls (one `SampleStep` each) and answer tokens."""
+
+    def __init__(self) -> None:
+        self.real = mmada.pipelines.iter_sample_text
+        self.calls = self.tokens = 0
+
+    def __call__(self, model: Any, input_ids: torch.Tensor, settings: TextSampling,
+                 **kwargs: Any) -> Iterator[SampleStep]:
+        for step in self.real(model, input_ids, settings, **kwargs):
+            self.calls += 1
+            yield step
+        self.tokens += step.tokens.shape[0] * (step.tokens.shape[1] - input_ids.shape[1])
+
+
+def with_preset(values: Overrides[TextSampling], preset: str) -> Overrides[TextSampling]:
+    return Overrides(TextSampling, **{**values.values, **PRESETS[preset]})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--limit", type=int, default=12, help="examples per group (default: 12)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (default: 1)")
+    parser.add_argument("--model", default="mmada-tiny", help="checkpoint (default: the built-in mmada-tiny)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    pipe = MMaDAPipeline.from_pretrained(args.model)
+    base = replace(stage_eval_config(per_group=50, limit=args.limit, thinking=False), tasks=TASKS)
+    rows = []
+    for preset in PRESETS:
+        config = replace(base, text=with_preset(base.text, preset), short=with_preset(base.short, preset))
+        counter = Counter()
+        mmada.pipelines.iter_sample_text = counter  # type: ignore[assignment]
+        start = time.perf_counter()
+        try:
+            results = evaluate_world(pipe, config)
+        finally:
+            mmada.pipelines.iter_sample_text = counter.real  # type: ignore[assignment]
+        seconds = time.perf_counter() - start
+        rows.append((preset, results, seconds, counter))
+    print(f"mmada-tiny world evaluation, --limit {args.limit} per group, {args.threads} thread(s)\n")
+    print("| preset | " + " | ".join(TASKS) + " | seconds | tokens/s | NFE | speed-up |")
+    print("|---|" + "---|" * (len(TASKS) + 4))
+    exact_seconds = rows[0][2]
+    for preset, results, seconds, counter in rows:
+        scores = " | ".join(f"{100 * results[task]['overall']:.1f}%" for task in TASKS)
+        print(f"| {preset} | {scores} | {seconds:.1f} | {counter.tokens / seconds:.0f} | {counter.calls} | "
+              f"{exact_seconds / seconds:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Named text-sampling presets (`sampling.PRESETS`): what each sets, `exact` = today's outputs, the order
+preset -> keywords, and the pipeline / CLI entry points."""
+
+from dataclasses import asdict
+
+import pytest
+import torch
+
+import mmada.pipelines
+from mmada.cli import main
+from mmada.pipelines import MMaDAPipeline
+from mmada.sampling import PRESETS, TextSampling, apply_preset, last_step
+
+PROMPTS = ("What is two plus three?", "Name a colour.")
+
+
+@pytest.fixture(scope="module")
+def pipe() -> MMaDAPipeline:
+    return MMaDAPipeline.from_pretrained("mmada-tiny")
+
+
+def test_the_presets_and_their_fields():
+    assert tuple(PRESETS) == ("exact", "fast", "fastest")
+    assert dict(PRESETS["exact"]) == {"cache": "none", "cache_refresh": 0, "threshold": None}
+    assert PRESETS["fast"]["cache"] == "dual" and PRESETS["fast"]["threshold"] is None
+    assert PRESETS["fastest"]["cache"] == "dual" and PRESETS["fastest"]["threshold"] == 0.9
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_each_preset_sets_exactly_its_fields(name):
+    base = TextSampling(gen_length=64, steps=32, block_length=16, temperature=0.5, cfg_scale=1.0,
+                        threshold=0.5, cache="prefix", cache_refresh=3, early_stop=False)
+    after = asdict(apply_preset(base, name))
+    changed = {k for k, v in asdict(base).items() if after[k] != v}
+    assert changed <= set(PRESETS[name])
+    assert {k: after[k] for k in PRESETS[name]} == dict(PRESETS[name])
+    assert apply_preset(base, None) is base
+
+
+def _tokens(pipe, preset=None, **overrides):
+    steps = pipe.iter_generate(PROMPTS[0], preset=preset, **overrides) if preset else pipe.iter_generate(
+        PROMPTS[0], **overrides)
+    return last_step(steps).step.tokens
+
+
+def test_exact_equals_the_default_token_for_token(pipe):
+    assert pipe.text_settings(preset="exact") == pipe.text_settings()  # the built-in defaults are exact
+    assert torch.equal(_tokens(pipe, "exact"), _tokens(pipe))
+    exact = pipe.generate_batch(PROMPTS, preset="exact")
+    assert [r.text for r in exact] == [r.text for r in pipe.generate_batch(PROMPTS)]
+    image = torch.zeros(32, 32, 3, dtype=torch.uint8).numpy()
+    assert pipe.understand(image, "What is it?", preset="exact").text == pipe.understand(image, "What is it?").text
+
+
+@pytest.mark.parametrize("name", ["fast", "fastest"])
+def test_fast_presets_run_in_every_text_method(pipe, name):
+    assert pipe.text_settings(preset=name).cache == "dual"
+    assert isinstance(pipe.generate(PROMPTS[0], preset=name).text, str)
+    assert isinstance(pipe.chat([{"role": "user", "content": PROMPTS[1]}], preset=name).text, str)
+    assert len(pipe.generate_batch(PROMPTS, preset=name)) == 2
+    image = torch.zeros(32, 32, 3, dtype=torch.uint8).numpy()
+    assert isinstance(pipe.understand(image, "What is it?", preset=name).text, str)
+    assert len(pipe.understand_batch([image, image], ["What is it?", "Colour?"], preset=name)) == 2
+
+
+def test_keywords_override_a_preset(pipe):
+    settings = pipe.text_settings(preset="fastest", threshold=0.7, cache="prefix")
+    assert (settings.threshold, settings.cache) == (0.7, "prefix")
+    given = TextSampling(gen_length=64, steps=32, block_length=32, temperature=0.0)
+    settings = pipe.text_settings(given, preset="fast", steps=16)
+    assert (settings.gen_length, settings.steps, settings.cache) == (64, 16, "dual")
+
+
+def test_unknown_preset_is_refused(pipe, capsys):
+    with pytest.raises(ValueError, match="unknown sampling preset 'turbo'; choose from exact, fast, fastest"):
+        pipe.generate(PROMPTS[0], preset="turbo")
+    with pytest.raises(ValueError, match="unknown sampling preset"):
+        apply_preset(TextSampling(), "Fast")
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", "x", "--preset", "turbo", "-q"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--preset" in err and "exact" in err and "fastest" in err
+
+
+@pytest.mark.parametrize("argv", [["generate", "hi"], ["chat"], ["understand", "IMAGE", "What is it?"]])
+def test_the_cli_flag_reaches_the_sampler(argv, monkeypatch, tmp_path, capsys):
+    seen: list[TextSampling] = []
+    real = mmada.pipelines.iter_sample_text
+
+    def spy(model, input_ids, settings, **kwargs):
+        seen.append(settings)
+        return real(model, input_ids, settings, **kwargs)
+
+    monkeypatch.setattr(mmada.pipelines, "iter_sample_text", spy)
+    lines = iter(["hello", ""])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    if "IMAGE" in argv:
+        from PIL import Image
+
+        Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+        argv = [str(tmp_path / "a.png") if a == "IMAGE" else a for a in argv]
+    assert main([*argv, "-q", "--preset", "fastest", "--gen-length", "32", "--steps", "8", "--block-length",
+                 "16"]) == 0
+    assert seen and all(s.cache == "dual" and s.threshold == 0.9 and s.steps == 8 for s in seen)
+
+
+def test_cli_flags_override_the_preset(monkeypatch, capsys):
+    seen: list[TextSampling] = []
+    real = mmada.pipelines.iter_sample_text
+    monkeypatch.setattr(mmada.pipelines, "iter_sample_text",
+                        lambda model, ids, settings, **kw: seen.append(settings) or real(model, ids, settings, **kw))
+    assert main(["generate", "hi", "-q", "--preset", "fastest", "--threshold", "0.8", "--cache", "prefix"]) == 0
+    assert (seen[0].threshold, seen[0].cache) == (0.8, "prefix")
+    assert main(["generate", "hi", "-q"]) == 0  # no preset: the model's own (exact) settings
+    assert (seen[1].threshold, seen[1].cache) == (None, "none")
