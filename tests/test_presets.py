@@ -114,3 +114,12 @@ def test_cli_flags_override_the_preset(monkeypatch, capsys):
     assert (seen[0].threshold, seen[0].cache) == (0.8, "prefix")
     assert main(["generate", "hi", "-q"]) == 0  # no preset: the model's own (exact) settings
     assert (seen[1].threshold, seen[1].cache) == (None, "none")
+
+
+def test_eval_takes_a_preset(monkeypatch, capsys):
+    seen: list[TextSampling] = []
+    real = mmada.pipelines.iter_sample_text
+    monkeypatch.setattr(mmada.pipelines, "iter_sample_text",
+                        lambda model, ids, settings, **kw: seen.append(settings) or real(model, ids, settings, **kw))
+    assert main(["eval", "--preset", "fast", "--tasks", "vqa", "--limit", "1", "-q"]) == 0
+    assert seen and all(s.cache == "dual" and s.temperature == 0.0 for s in seen)

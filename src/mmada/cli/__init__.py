@@ -140,7 +140,7 @@ def _add_preset_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=tuple(PRESETS), default=None,
                         help="named text sampling preset, applied before the other sampler flags: exact (the "
                         "official outputs), fast (dual key/value cache), fastest (cache + threshold 0.9) "
-                        "(default: the model's settings, which are exact)")
+                        "(default: none, the model's own settings; the built-in model's are exact)")
 
 
 def _sampling(args: argparse.Namespace, defaults: Any) -> Any:
