@@ -8,7 +8,10 @@ per second (answer positions: gen_length per row, early-stopped blocks included)
 (NFE, each a batch of up to 32 prompts). Image sampling has no presets,
 so t2i is not scored.
 
-    python benchmarks/presets.py [--limit 12] [--threads 1]
+    python benchmarks/presets.py [--limit 12] [--threads 1] [--plot docs/presets.png]
+
+`--plot` also draws accuracy against tokens/s, one line per task through the presets (needs matplotlib:
+`pip install 'mmada[plots]'`).
 
 The built-in model is tiny and only partly trained: read the accuracies as a check that a preset does
 not break the answers, and the seconds as ratios on this machine.
@@ -57,6 +60,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=12, help="examples per group (default: 12)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default: 1)")
     parser.add_argument("--model", default="mmada-tiny", help="checkpoint (default: the built-in mmada-tiny)")
+    parser.add_argument("--plot", default=None, help="also write accuracy vs tokens/s as a PNG here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     pipe = MMaDAPipeline.from_pretrained(args.model)
@@ -81,6 +85,32 @@ def main() -> None:
         scores = " | ".join(f"{100 * results[task]['overall']:.1f}%" for task in TASKS)
         print(f"| {preset} | {scores} | {seconds:.1f} | {counter.tokens / seconds:.0f} | {counter.calls} | "
               f"{exact_seconds / seconds:.2f}x |")
+    if args.plot:
+        plot(rows, args.plot)
+
+
+def plot(rows: list[tuple[str, Any, float, Counter]], path: str) -> None:
+    """Accuracy (%) against generated tokens/s, one line per task through the presets, each point labelled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    speeds = [counter.tokens / seconds for _, _, seconds, counter in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for task in TASKS:
+        accuracy = [100 * results[task]["overall"] for _, results, _, _ in rows]
+        ax.plot(speeds, accuracy, marker="o", label=task)
+        for (preset, *_), x, y in zip(rows, speeds, accuracy):
+            ax.annotate(preset, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("generated tokens / s (log)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("MMaDA-tiny: sampling presets, accuracy vs speed")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
