@@ -47,16 +47,7 @@ from mmada.training.metrics import MissingPackageError
 from mmada.training.run_lock import LOCK_NAME, RunFolderError, RunLock, RunLockedError
 from mmada.training.trainer import NonFiniteLossError, run_training
 from mmada.utils.files import CheckpointError
-from test_trainer import REFERENCE, TINY, TinySource, spawn, tiny_config, tiny_model, wait_for
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+from test_trainer import REFERENCE, TINY, TinySource, one_thread, spawn, tiny_config, tiny_model, wait_for  # noqa: F401 (one_thread: the trainer tests' autouse fixture, here too)
 
 SINGLE = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend=None)
 

@@ -363,8 +363,8 @@ DataSpec = Annotated[Union[MixtureSpec, WorldSpec, WorldSftSpec], Field(discrimi
 
 SOURCES: Mapping[str, Callable[..., BatchSource]] = {
     "mixture": MixtureSource,
-    "world_pretrain": WorldSource.from_spec,
-    "world_sft": WorldSource.from_spec,
+    "world_pretrain": WorldSource,
+    "world_sft": WorldSource,
 }
 """`data.name` -> builder(spec, tokenizer=, vocab=, image_tokenizer=, seed=, rank=, world_size=)."""
 

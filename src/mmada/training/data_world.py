@@ -157,13 +157,13 @@ class WorldSource:
     """Endless micro-batches of the tiny world; one layout per task with a positive batch size."""
 
     def __init__(
-        self, spec: WorldSpec, *, stage: Stage, tokenizer: Any, vocab: Vocab, image_tokenizer: Any, seed: int,
-        rank: int, world_size: int,
+        self, spec: WorldSpec, *, tokenizer: Any, vocab: Vocab, image_tokenizer: Any, seed: int, rank: int,
+        world_size: int,
     ) -> None:
-        self.spec, self.stage, self.tokenizer, self.vocab = spec, stage, tokenizer, vocab
+        self.spec, self.stage, self.tokenizer, self.vocab = spec, spec.stage, tokenizer, vocab
         self.image_tokenizer, self.encoder = image_tokenizer, as_image_encoder(image_tokenizer)
         self.seed, self.rank, self.world_size = seed, rank, world_size
-        sizes = spec.batch_sizes or DEFAULT_BATCH_SIZES[stage]
+        sizes = spec.batch_sizes or DEFAULT_BATCH_SIZES[self.stage]
         self.batch_sizes = {task: size for task, size in sizes.items() if size > 0}
         if not self.batch_sizes:
             raise ValueError("`data.batch_sizes`: every task is disabled")
@@ -171,7 +171,7 @@ class WorldSource:
             raise ValueError("`data.batch_sizes`: image tasks need an image tokenizer, got None")
         # How answers are written: world_sft's settings; world_pretrain answers are short, without instructions.
         sft = spec if isinstance(spec, WorldSftSpec) else None
-        self.cot = stage == "sft" and sft is not None and sft.cot
+        self.cot = sft is not None and sft.cot
         self.thinking = sft is not None and sft.thinking
         self.plain_fraction = sft.plain_fraction if sft is not None else 0.0
         if "r2i" in self.batch_sizes and not self.cot:
@@ -186,10 +186,6 @@ class WorldSource:
         self._pools: dict[str, list[Any]] = {}
         self._codes: dict[str, dict[int, torch.Tensor]] = {}
         self._seq_len = spec.seq_len
-
-    @classmethod
-    def from_spec(cls, spec: WorldSpec, **kwargs: Any) -> WorldSource:
-        return cls(spec, stage=spec.stage, **kwargs)
 
     @property
     def seq_len(self) -> int:
