@@ -26,6 +26,7 @@ from dataclasses import replace
 from typing import Any
 
 import torch
+import yaml
 
 import mmada.pipelines
 from mmada.evaluation.world import evaluate_world
@@ -51,8 +52,18 @@ class Counter:
         self.tokens += step.tokens.shape[0] * (step.tokens.shape[1] - input_ids.shape[1])
 
 
-def with_preset(values: Overrides[TextSampling], preset: str) -> Overrides[TextSampling]:
-    return Overrides(TextSampling, **{**values.values, **PRESETS[preset]})
+def with_values(base: Overrides[TextSampling], values: dict[str, Any]) -> Overrides[TextSampling]:
+    return Overrides(TextSampling, **{**base.values, **values})
+
+
+def parse_variant(spec: str) -> tuple[str, dict[str, Any]]:
+    """'NAME:FIELD=VALUE,...' -> (NAME, {FIELD: VALUE}) over the exact preset, values read as YAML scalars."""
+    name, _, pairs = spec.partition(":")
+    values = dict(PRESETS["exact"])
+    for pair in filter(None, pairs.split(",")):
+        key, _, value = pair.partition("=")
+        values[key] = yaml.safe_load(value)
+    return name, values
 
 
 def main() -> None:
@@ -61,13 +72,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default: 1)")
     parser.add_argument("--model", default="mmada-tiny", help="checkpoint (default: the built-in mmada-tiny)")
     parser.add_argument("--plot", default=None, help="also write accuracy vs tokens/s as a PNG here")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:FIELD=VALUE,...",
+                        help="also score these settings (over exact), e.g. 'delayed:cache=delayed,cache_keep=all'")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     pipe = MMaDAPipeline.from_pretrained(args.model)
     base = replace(stage_eval_config(per_group=50, limit=args.limit, thinking=False), tasks=TASKS)
     rows = []
-    for preset in PRESETS:
-        config = replace(base, text=with_preset(base.text, preset), short=with_preset(base.short, preset))
+    variants = {name: dict(values) for name, values in PRESETS.items()} | dict(map(parse_variant, args.variant))
+    for preset, values in variants.items():
+        config = replace(base, text=with_values(base.text, values), short=with_values(base.short, values))
         counter = Counter()
         mmada.pipelines.iter_sample_text = counter  # type: ignore[assignment]
         start = time.perf_counter()

@@ -119,7 +119,14 @@ def test_cache_refreshed_at_block_starts_only(cache, threshold):
     assert not (out == MASK_ID).any() and torch.equal(out[:, :9], ids)
     assert calls[0] is None and calls.count(None) == 4  # 4 blocks of 4
     blocks = [slice(start, start + 4) for start in range(9, 25, 4)]
-    for fresh in filter(None, calls):
+    for fresh in calls[1:]:
+        if isinstance(fresh, torch.Tensor):  # some rows finished the block: only the open ones recompute
+            columns = fresh.any(dim=0).nonzero().squeeze(1)
+            assert not bool(fresh.any(dim=1).all())  # a finished row asks for nothing
+            fresh = slice(int(columns[0]), int(columns[-1]) + 1)
+            assert len(columns) == fresh.stop - fresh.start
+        if fresh is None:
+            continue
         block = next(b for b in blocks if b.start == fresh.start)  # type: ignore[union-attr]
         assert fresh.stop == (block.stop if cache == "dual" else 25)  # type: ignore[union-attr]
 
@@ -159,3 +166,91 @@ def test_bad_cache_settings_are_refused():
         settings(cache_refresh=2)
     with pytest.raises(ValueError, match="MockDenoiser has none"):
         iter_sample_text(MockDenoiser(), torch.zeros(1, 3, dtype=torch.long), settings(cache="prefix"), mask_id=39)
+
+
+# ---- per-row fresh masks, delayed caching, what a refresh keeps ------------------------------------
+
+def test_bool_fresh_computes_the_union_and_rows_keep_their_own_cache():
+    model, (ids, mask) = tiny_model(), ragged_prompts()
+    cache = model.new_cache()
+    full = model(ids, mask, cache=cache).detach()
+    fresh = torch.zeros(ids.shape, dtype=torch.bool)
+    fresh[0, 6], fresh[1, 7:9], fresh[2, 6] = True, True, True
+    out = model(ids, mask, cache=cache, fresh=fresh)  # columns 6, 7, 8
+    torch.testing.assert_close(out, full[:, 6:9], rtol=1e-5, atol=1e-5)
+    changed = ids.clone()
+    changed[:, 7] = (changed[:, 7] + 1) % 60
+    together = model(changed, mask, cache=cache, fresh=fresh)
+    for i in range(3):
+        alone_cache = model.new_cache()
+        model(ids[i:i + 1], mask[i:i + 1], cache=alone_cache)
+        alone = model(changed[i:i + 1], mask[i:i + 1], cache=alone_cache, fresh=fresh[i:i + 1])
+        columns = fresh[i].nonzero().squeeze(1) - 6
+        torch.testing.assert_close(together[i, columns], alone[0], rtol=1e-5, atol=1e-5)
+    old = model.new_cache()
+    model(ids, mask, cache=old)
+    # written back only where a row asked: rows 0 and 2 keep column 7's old keys, row 1 has the new token's
+    assert [torch.equal(cache.keys[0][i, :, 7], old.keys[0][i, :, 7]) for i in range(3)] == [True, False, True]
+    with pytest.raises(ValueError, match="bool mask"):
+        model(ids, mask, cache=cache, fresh=fresh.long())
+    with pytest.raises(ValueError, match="at least one"):
+        model(ids, mask, cache=cache, fresh=torch.zeros_like(fresh))
+    with pytest.raises(ValueError, match="`positions` must be None"):
+        model(ids, mask, cache=cache, fresh=fresh, positions=slice(6, 9))
+
+
+@pytest.mark.parametrize("keep", ["none", "prompt", "finished", "all"])
+@pytest.mark.parametrize("cache", ["dual", "delayed"])
+@pytest.mark.parametrize("cfg_scale", [0.0, 1.5])
+def test_every_cache_mode_batches_like_rows_alone(keep, cache, cfg_scale):
+    model, (ids, mask) = tiny_model(), ragged_prompts()
+    config = settings(cache=cache, cache_keep=keep, cfg_scale=cfg_scale, threshold=0.3)
+    together = sample_text(model, ids, config, mask_id=MASK_ID, attention_mask=mask)
+    assert not (together == MASK_ID).any()
+    for i in range(3):
+        alone = sample_text(model, ids[i:i + 1], config, mask_id=MASK_ID, attention_mask=mask[i:i + 1])
+        assert torch.equal(together[i], alone[0])
+
+
+@pytest.mark.parametrize("temperature,cfg_scale", [(0.0, 0.0), (0.8, 1.5)])
+def test_delayed_cache_refreshed_every_step_equals_exact_sampling(temperature, cfg_scale):
+    model, (ids, mask) = tiny_model(), ragged_prompts()
+    runs = [sample_text(model, ids, settings(temperature=temperature, cfg_scale=cfg_scale, **kw), mask_id=MASK_ID,
+                        attention_mask=mask, generator=torch.Generator().manual_seed(3))
+            for kw in ({}, dict(cache="delayed", cache_refresh=1))]
+    assert torch.equal(runs[0], runs[1])
+
+
+def _fresh_calls(config: TextSampling) -> list[object]:
+    model, (ids, mask) = tiny_model(), ragged_prompts()
+    calls: list[object] = []
+
+    def spy(*args, **kw):
+        calls.append(kw.get("fresh"))
+        return model(*args, **kw)
+
+    spy.new_cache = model.new_cache  # type: ignore[attr-defined]
+    sample_text(spy, ids, config, mask_id=MASK_ID, attention_mask=mask)
+    return calls
+
+
+@pytest.mark.parametrize("keep,first_refresh_span", [("prompt", slice(9, 25)), ("finished", slice(9, 25)),
+                                                     ("all", slice(13, 17))])
+def test_what_a_refresh_keeps(keep, first_refresh_span):
+    """Blocks of 4 from position 9, 2 steps each: call 0 is the one full forward; call 2 refreshes for
+    the second block (13..16): from the prompt's end, from the finished block's start, or the block only."""
+    calls = _fresh_calls(settings(cache="dual", cache_keep=keep))
+    assert calls[0] is None and calls.count(None) == 1
+    assert calls[1] == slice(9, 13) and calls[2] == first_refresh_span
+    later = calls[6]  # the fourth block's refresh
+    assert later == {"prompt": slice(9, 25), "finished": slice(17, 25), "all": slice(21, 25)}[keep]
+
+
+def test_delayed_cache_recomputes_only_undecided_and_just_committed_positions():
+    calls = _fresh_calls(settings(cache="delayed", steps=16))  # 4 steps per block of 4: 1 commit per step
+    assert calls[0] is None
+    for fresh in calls[1:4]:  # the first block's later steps: 3, 2, 1 masked + the one just committed
+        assert isinstance(fresh, torch.Tensor) and fresh.dtype == torch.bool
+    counts = [f.sum(dim=1).tolist() for f in calls[1:4]]  # type: ignore[union-attr]  per row
+    assert counts == [[4] * 3, [3] * 3, [2] * 3]
+    assert not calls[1][:, :9].any() and not calls[1][:, 13:].any()  # type: ignore[index]

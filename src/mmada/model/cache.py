@@ -27,8 +27,11 @@ class KVCache:
     """Keys and values of every layer, recorded by a full forward and spliced into later ones.
 
     `MMaDAModel.forward(..., cache=c)` (no `fresh`) records into `c`;
-    `forward(..., cache=c, fresh=slice(s, e))` computes only positions s..e-1 and lets them attend
-    to the recorded keys/values elsewhere. The recorded tensors are never modified in place.
+    `forward(..., cache=c, fresh=slice(s, e))` computes only positions s..e-1, lets them attend
+    to the recorded keys/values elsewhere, and writes their new keys/values back, so the cache
+    always holds the latest keys/values computed for every position. `fresh` may also be a (B, L)
+    bool mask: positions recomputed per row (see `MMaDAModel.forward`). The write-back is in place: the
+    recorded tensors belong to the cache (record them from a forward, never share them).
     """
 
     def __init__(self) -> None:
@@ -53,13 +56,22 @@ class KVCache:
         self.values.append(v)
         return k, v
 
-    def splice(self, layer: int, k: Tensor, v: Tensor, fresh: slice) -> tuple[Tensor, Tensor]:
-        """The recorded keys/values of `layer` with positions `fresh` replaced by k, v (B, Hkv, F, D)."""
-        ck, cv = self.keys[layer], self.values[layer]
-        start, stop = fresh.start, fresh.stop
-        return (_splice(ck, k, start, stop), _splice(cv, v, start, stop))
+    def splice(self, layer: int, k: Tensor, v: Tensor, fresh: slice | Tensor,
+               rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Write k, v (B, Hkv, F, D) over positions `fresh` (a slice, or (F,) int64 positions) of
+        `layer`'s record and return the record (B, Hkv, L, D). `rows` (B, F) bool: write only where
+        True (a row keeps its cached keys/values elsewhere)."""
+        _write(self.keys[layer], k, fresh, rows)
+        _write(self.values[layer], v, fresh, rows)
+        return self.keys[layer], self.values[layer]
 
 
-def _splice(cached: Tensor, fresh: Tensor, start: int, stop: int) -> Tensor:
-    parts = [cached[:, :, :start], fresh.to(cached.dtype), cached[:, :, stop:]]
-    return torch.cat([p for p in parts if p.shape[2]], dim=2)  # (B, Hkv, L, D)
+def _write(cached: Tensor, fresh: Tensor, where: slice | Tensor, rows: Tensor | None) -> None:
+    fresh = fresh.to(cached.dtype)
+    if rows is not None:
+        old = cached[:, :, where]  # (B, Hkv, F, D)
+        fresh = torch.where(rows[:, None, :, None], fresh, old)
+    if isinstance(where, Tensor):
+        cached.index_copy_(2, where, fresh)
+    else:
+        cached[:, :, where] = fresh

@@ -197,12 +197,17 @@ class MMaDAModel(nn.Module):
     # ---- forward --------------------------------------------------------------------------------
     def _trunk(
         self, input_ids: Tensor, attention_mask: Tensor | None, keep: list[Tensor] | None = None,
-        padding: Padding = "hide", cache: KVCache | None = None, fresh: slice | None = None,
+        padding: Padding = "hide", cache: KVCache | None = None, fresh: slice | Tensor | None = None,
     ) -> Tensor:
         """Final-norm hidden states (B, L, d); with `fresh`, only those positions' (B, F, d)."""
         key_mask = self._check_inputs(input_ids, attention_mask, padding)
-        span = slice(0, input_ids.shape[1]) if fresh is None else fresh
-        positions = torch.arange(span.start, span.stop, device=input_ids.device)
+        span: slice | Tensor = slice(0, input_ids.shape[1]) if fresh is None else fresh
+        take = None
+        if isinstance(span, Tensor):  # (B, L) bool: compute the union of the rows' columns
+            span, take = _columns(span)  # (F,) positions, (B, F) which rows take their new keys/values
+            positions = span
+        else:
+            positions = torch.arange(span.start, span.stop, device=input_ids.device)
         rope = rope_tables(positions, self.config.head_dim, self.config.rope_theta)
         x = self.embed(input_ids[:, span])  # (B, F, d)
         for i, block in enumerate(self.blocks):
@@ -210,7 +215,7 @@ class MMaDAModel(nn.Module):
                 keep.append(x)
             kv: KVHook | None = None
             if cache is not None:
-                kv = partial(cache.record, i) if fresh is None else partial(cache.splice, i, fresh=fresh)
+                kv = partial(cache.record, i) if fresh is None else partial(cache.splice, i, fresh=span, rows=take)
             if self.gradient_checkpointing and self.training:
                 x = checkpoint(block, x, rope, key_mask, kv, use_reentrant=False)
             else:
@@ -225,7 +230,7 @@ class MMaDAModel(nn.Module):
         positions: Positions = None,
         padding: Padding = "hide",
         cache: KVCache | None = None,
-        fresh: slice | None = None,
+        fresh: slice | Tensor | None = None,
     ) -> Tensor:
         """Logits for every position, or only for the ones asked.
 
@@ -242,11 +247,16 @@ class MMaDAModel(nn.Module):
                 it builds a (B, 1, L, L) bias, so it is for training batches, not long-context sampling.
             cache: a `KVCache`. Without `fresh`, this (exact) forward also records every layer's
                 keys/values into it. With `fresh`, they are reused (see `fresh`).
-            fresh: a slice of positions s..e-1 to recompute, given `cache` recorded on a sequence of
-                the same (B, L): only these positions run through the blocks, attending to their new
-                keys/values and the cached ones elsewhere (an approximation once other tokens have
-                changed since the recording). `positions` must then lie inside `fresh` (None = all of
-                it) and are given, as always, in sequence coordinates.
+            fresh: what to recompute, given `cache` recorded on a sequence of the same (B, L): a slice
+                of positions s..e-1, or a (B, L) bool tensor, True where a row recomputes. Only these
+                positions run through the blocks, attending to their new keys/values and the cached
+                ones elsewhere (an approximation once other tokens have changed since the recording),
+                and their new keys/values are written into the cache. A bool `fresh` runs the union of
+                the rows' True columns (F of them, in order) and returns their (B, F, V) logits; a row
+                uses and keeps its cached keys/values at a column it did not ask for, so every row is
+                computed as it would be alone. With a slice, `positions` must lie inside `fresh`
+                (None = all of it) and are given, as always, in sequence coordinates; with a tensor,
+                `positions` must be None.
         """
         if fresh is not None:
             positions = self._check_fresh(input_ids, padding, cache, fresh, positions)
@@ -261,7 +271,7 @@ class MMaDAModel(nn.Module):
 
     @staticmethod
     def _check_fresh(
-        input_ids: Tensor, padding: Padding, cache: KVCache | None, fresh: slice, positions: Positions
+        input_ids: Tensor, padding: Padding, cache: KVCache | None, fresh: slice | Tensor, positions: Positions
     ) -> Positions:
         """Validate a cached forward; return `positions` relative to the fresh span."""
         length = input_ids.shape[1]
@@ -272,6 +282,9 @@ class MMaDAModel(nn.Module):
                              f"{tuple(input_ids.shape)}")
         if padding != "hide":
             raise ValueError("a KV cache needs padding='hide'")
+        if isinstance(fresh, Tensor):
+            MMaDAModel._check_fresh_mask(fresh, input_ids.shape, positions)
+            return None
         if (not isinstance(fresh, slice) or fresh.step not in (None, 1) or not isinstance(fresh.start, int)
                 or not isinstance(fresh.stop, int) or not 0 <= fresh.start < fresh.stop <= length):
             raise ValueError(f"`fresh` must be a slice(start, stop) with 0 <= start < stop <= {length}, got {fresh}")
@@ -292,6 +305,17 @@ class MMaDAModel(nn.Module):
         if bool(((positions < start) | (positions >= stop)).any()):
             raise ValueError(f"index positions must all lie inside fresh {fresh}")
         return positions - start
+
+    @staticmethod
+    def _check_fresh_mask(fresh: Tensor, shape: torch.Size, positions: Positions) -> None:
+        """A tensor `fresh`: (B, L) bool with at least one True; logits for the union of its columns."""
+        if fresh.dtype != torch.bool or tuple(fresh.shape) != tuple(shape):
+            raise ValueError(f"a tensor `fresh` must be a {tuple(shape)} bool mask, got {tuple(fresh.shape)} "
+                             f"{fresh.dtype}")
+        if not bool(fresh.any()):
+            raise ValueError("a tensor `fresh` must mark at least one position")
+        if positions is not None:
+            raise ValueError("with a tensor `fresh`, `positions` must be None (logits of the fresh columns)")
 
     def project(self, h: Tensor) -> Tensor:
         """The output head on final-norm hidden states (..., d) -> (..., V)."""
@@ -325,6 +349,12 @@ class MMaDAModel(nn.Module):
                 nn.init.normal_(p, std=residual_std)
             else:
                 nn.init.normal_(p, std=std)
+
+
+def _columns(fresh: Tensor) -> tuple[Tensor, Tensor]:
+    """(B, L) bool -> the (F,) positions True in any row, and (B, F) which rows asked for each."""
+    columns = fresh.any(dim=0).nonzero().squeeze(1)
+    return columns, fresh[:, columns]
 
 
 def select_positions(h: Tensor, positions: Positions) -> Tensor:

@@ -160,14 +160,21 @@ def add_gumbel_noise(logits: Tensor, temperature: float, uniform: Tensor | None 
     return logits.to(dtype).exp() / (-torch.log(uniform.to(dtype))) ** temperature
 
 
-def token_confidence(logits: Tensor, tokens: Tensor) -> Tensor:
-    """softmax(logits)[tokens] in float64: the model's probability of each proposed token.
+def token_confidence(logits: Tensor, tokens: Tensor, *, precise: bool = True) -> Tensor:
+    """softmax(logits)[tokens]: the model's probability of each proposed token.
 
     The probability comes from the un-noised logits even when the proposal was sampled
-    (LLaDA "low_confidence" remasking). Shapes: logits (..., V), tokens (...) -> (...).
+    (LLaDA "low_confidence" remasking). `precise` computes the softmax in float64, as the official
+    samplers do, so that their confidence order (ties included) is reproduced; otherwise
+    exp(logit - logsumexp) in float32, a third of the work, for the approximate fast modes.
+    Shapes: logits (..., V), tokens (...) -> (...).
     """
-    probs = torch.softmax(logits.to(math_dtype(logits.device)), dim=-1)
-    return probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    if precise:
+        probs = torch.softmax(logits.to(math_dtype(logits.device)), dim=-1)
+        return probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    logits = logits.float()
+    chosen = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    return (chosen - torch.logsumexp(logits, dim=-1)).exp()
 
 
 def random_scores(shape: tuple[int, int], window: slice, *, device: torch.device,

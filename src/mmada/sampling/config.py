@@ -33,12 +33,58 @@ Remasking = Literal["low_confidence", "random"]
 REMASKING: tuple[Remasking, ...] = ("low_confidence", "random")
 TemperatureSchedule = Literal["compounding", "linear"]
 TEMPERATURE_SCHEDULES: tuple[TemperatureSchedule, ...] = ("compounding", "linear")
-CacheMode = Literal["none", "prefix", "dual"]
-CACHE_MODES: tuple[CacheMode, ...] = ("none", "prefix", "dual")
+CacheMode = Literal["none", "prefix", "dual", "delayed"]
+CACHE_MODES: tuple[CacheMode, ...] = ("none", "prefix", "dual", "delayed")
+ImageCache = Literal["none", "prompt", "settled"]
+IMAGE_CACHES: tuple[ImageCache, ...] = ("none", "prompt", "settled")
+CacheKeep = Literal["none", "prompt", "finished", "all"]
+CACHE_KEEPS: tuple[CacheKeep, ...] = ("none", "prompt", "finished", "all")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CommitRule:
+    """How many of a step's proposals the text block loop commits (shared by `TextSampling` and
+    `InfillSampling`; `sampling.commit` implements each rule).
+
+    With none of `threshold`, `factor`, `entropy_bound` set, every step commits a fixed quota from
+    the linear transfer schedule (the official samplers). Setting one of them makes the count
+    adaptive: a block then runs until it has no mask left, at least one token per step, and the
+    `steps` setting no longer bounds the model calls. `early_commit` works with any of them.
+    """
+
+    threshold: float | None = None
+    """Adaptive: commit every proposal whose probability reaches this (Fast-dLLM §3.3), e.g. 0.9."""
+    factor: float | None = None
+    """Adaptive: commit the n most confident proposals, n the largest with (n + 1)(1 - p_n) < factor
+    (Fast-dLLM's factor rule, p_n the n-th highest probability), e.g. 1.0."""
+    entropy_bound: float | None = None
+    """Adaptive: commit the lowest-entropy proposals while their summed entropy minus the largest one
+    stays <= this many nats (EB-sampler, arXiv 2505.24857), e.g. 0.1."""
+    early_commit: float | None = None
+    """Commit all of a block's remaining proposals at once when their mean top-1 minus top-2 logit
+    margin reaches this (Prophet, arXiv 2508.19982, applied per block), e.g. 5.0; None = never."""
+
+    def _check_commit(self) -> None:
+        rules = [name for name in ("threshold", "factor", "entropy_bound") if getattr(self, name) is not None]
+        if len(rules) > 1:
+            raise ValueError(f"choose one adaptive commit rule, got {' and '.join(rules)}")
+        if self.threshold is not None and not (math.isfinite(self.threshold) and 0 < self.threshold <= 1):
+            raise ValueError(f"`threshold` ({self.threshold}) must be in (0, 1]")
+        for name in ("factor", "entropy_bound", "early_commit"):
+            value = getattr(self, name)
+            if value is not None:
+                _finite_non_negative(**{name: value})
+                if value == 0 and name != "entropy_bound":
+                    raise ValueError(f"`{name}` must be > 0")
+
+    @property
+    def adaptive(self) -> bool:
+        """True when the number of commits per step follows the model's confidence (no fixed quota)."""
+        return self.threshold is not None or self.factor is not None or self.entropy_bound is not None
 
 
 @dataclass(frozen=True)
-class TextSampling:
+class TextSampling(CommitRule):
     """Text / understanding sampler settings (`sampling.text.iter_sample_text`).
 
     Defaults: the official demo's (Gen-Verse/MMaDA app.py; MMADA.md §3).
@@ -56,27 +102,31 @@ class TextSampling:
     """"low_confidence" or "random"."""
     cfg_scale: float = 0.0
     """Unsupervised classifier-free guidance weight (prompt fully masked for the unconditional pass)."""
-    threshold: float | None = None
-    """Fast mode: commit every token whose confidence reaches this (Fast-dLLM); None = exact schedule."""
     early_stop: bool = True
     """Stop after a block that ends in EOS/EOT in every row (official `mmu_generate_fast`)."""
     cache: CacheMode = "none"
     """Key/value cache (Fast-dLLM): "none" = exact; "prefix" reuses the keys/values before the block;
-    "dual" also those after it. Approximate unless refreshed every step; needs a model with `new_cache()`."""
+    "dual" also those after it; "delayed" also those of the block's finished tokens, each re-encoded once,
+    one step after its commit (dKV-Cache). Approximate unless refreshed every step; needs a model with
+    `new_cache()`."""
     cache_refresh: int = 0
-    """With a cache: re-encode the whole sequence every this many steps within a block (1 = every
-    step, which is exact); 0 = only at the start of each block (always done)."""
+    """With a cache: refresh it every this many steps within a block (1 = every step, which with
+    cache_keep "none" is exact); 0 = only at the start of each block (always done)."""
+    cache_keep: CacheKeep = "none"
+    """With a cache, what a refresh keeps instead of re-encoding: "none" (the whole sequence is
+    re-encoded), "prompt" (the prompt, e.g. an understanding image, is encoded once per call) or
+    "finished" (also every finished block, like an autoregressive cache) or "all" (also the masked
+    suffix: a refresh re-encodes the current block only)."""
 
     def __post_init__(self) -> None:
         _at_least_one(gen_length=self.gen_length, block_length=self.block_length, steps=self.steps)
         if self.cache not in CACHE_MODES:
             raise ValueError(f"`cache` ({self.cache!r}) must be one of {CACHE_MODES}")
-        if isinstance(self.cache_refresh, bool) or not isinstance(self.cache_refresh, int) or self.cache_refresh < 0:
-            raise ValueError(f"`cache_refresh` ({self.cache_refresh!r}) must be an integer >= 0 (0 = at block "
-                             "starts only)")
-        if self.cache == "none" and self.cache_refresh:
-            raise ValueError(f"`cache_refresh` ({self.cache_refresh}) has no effect with cache='none'; "
-                             "choose cache='prefix' or 'dual', or leave it at 0")
+        _check_refresh(self.cache, self.cache_refresh)
+        if self.cache_keep not in CACHE_KEEPS:
+            raise ValueError(f"`cache_keep` ({self.cache_keep!r}) must be one of {CACHE_KEEPS}")
+        if self.cache == "none" and self.cache_keep != "none":
+            raise ValueError(f"`cache_keep` ({self.cache_keep!r}) has no effect with cache='none'")
         if self.steps > self.gen_length:
             raise ValueError(f"`steps` ({self.steps}) must be <= `gen_length` ({self.gen_length}): each step "
                              "unmasks at least one token, extra steps would only repeat the model call")
@@ -87,11 +137,12 @@ class TextSampling:
         if self.steps % num_blocks:
             raise ValueError(f"`steps` ({self.steps}) must be divisible by the number of blocks "
                              f"({num_blocks} = gen_length / block_length)")
-        _check_policy(self.temperature, self.remasking, self.cfg_scale, self.threshold)
+        _check_policy(self.temperature, self.remasking, self.cfg_scale)
+        self._check_commit()
 
 
 @dataclass(frozen=True)
-class InfillSampling:
+class InfillSampling(CommitRule):
     """Text infilling settings (`sampling.inpaint.iter_infill_text`): the block loop over masked spans."""
 
     steps: int
@@ -102,8 +153,6 @@ class InfillSampling:
     """0 = greedy; > 0 = float64 Gumbel-max sampling."""
     remasking: Remasking = "low_confidence"
     """"low_confidence" or "random"."""
-    threshold: float | None = None
-    """Commit every token whose confidence reaches this (Fast-dLLM); None = exact schedule."""
     cfg_scale: float = 0.0
     """Classifier-free guidance weight; the unconditional pass masks the whole context."""
 
@@ -111,7 +160,8 @@ class InfillSampling:
         _at_least_one(steps=self.steps)
         if self.block_length is not None:
             _at_least_one(block_length=self.block_length)
-        _check_policy(self.temperature, self.remasking, self.cfg_scale, self.threshold)
+        _check_policy(self.temperature, self.remasking, self.cfg_scale)
+        self._check_commit()
 
 
 @dataclass(frozen=True)
@@ -131,6 +181,17 @@ class ImageSampling:
     """Mask-ratio schedule: cosine, linear, sigmoid, pow."""
     temperature_schedule: TemperatureSchedule = "compounding"
     """"compounding" (official: tau is multiplied by (1 - r) every step) or "linear"."""
+    cache: ImageCache = "none"
+    """Key/value cache across MaskGIT steps: "none" = exact; "prompt" encodes the text prefix once and
+    recomputes the image positions every step; "settled" also keeps the keys/values of the codes
+    already kept, each re-encoded once, one step after it was kept (ML-Cache / dKV-Cache). Needs a
+    model with `new_cache()`."""
+    cache_reuse: float = 0.0
+    """With cache "settled": the share of undecided codes whose last logits are reused instead of
+    recomputed, those with the highest max logit (ML-Cache, Lumina-DiMOO), in [0, 1); 0 = none."""
+    cache_refresh: int = 0
+    """With a cache: re-encode all image positions every this many steps (0 = never; the text prefix
+    stays cached even at 1, so no setting is exact)."""
 
     def __post_init__(self) -> None:
         _at_least_one(timesteps=self.timesteps)
@@ -139,6 +200,12 @@ class ImageSampling:
             raise ValueError(f"`temperature_schedule` ({self.temperature_schedule!r}) must be 'compounding' "
                              "or 'linear'")
         get_schedule(self.schedule)  # an unknown name raises, naming the schedule
+        if self.cache not in IMAGE_CACHES:
+            raise ValueError(f"`cache` ({self.cache!r}) must be one of {IMAGE_CACHES}")
+        _check_refresh(self.cache, self.cache_refresh)
+        _finite_non_negative(cache_reuse=self.cache_reuse)
+        if self.cache_reuse >= 1 or (self.cache_reuse and self.cache != "settled"):
+            raise ValueError(f"`cache_reuse` ({self.cache_reuse}) must be in [0, 1) and needs cache='settled'")
 
 
 PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
@@ -206,6 +273,15 @@ def check_names(
             raise ValueError(f"sampler setting {key!r} is not supported by {where}; it supports {sorted(supported)}")
 
 
+def _check_refresh(cache: str, refresh: int) -> None:
+    if isinstance(refresh, bool) or not isinstance(refresh, int) or refresh < 0:
+        raise ValueError(f"`cache_refresh` ({refresh!r}) must be an integer >= 0 (0 = no refresh beyond the "
+                         "cache's own)")
+    if cache == "none" and refresh:
+        raise ValueError(f"`cache_refresh` ({refresh}) has no effect with cache='none'; choose a cache, or leave "
+                         "it at 0")
+
+
 def _at_least_one(**values: int) -> None:
     for name, value in values.items():
         if isinstance(value, bool) or not isinstance(value, int):
@@ -224,10 +300,8 @@ def _finite_non_negative(**values: float) -> None:
             raise ValueError(f"`{name}` ({value}) must be a finite number >= 0")
 
 
-def _check_policy(temperature: float, remasking: str, cfg_scale: float, threshold: float | None) -> None:
+def _check_policy(temperature: float, remasking: str, cfg_scale: float) -> None:
     """The per-step options shared by text sampling and infilling."""
     _finite_non_negative(temperature=temperature, cfg_scale=cfg_scale)
     if remasking not in REMASKING:
         raise ValueError(f"`remasking` ({remasking!r}) must be one of {REMASKING}")
-    if threshold is not None and not (math.isfinite(threshold) and 0 < threshold <= 1):
-        raise ValueError(f"`threshold` ({threshold}) must be in (0, 1]")

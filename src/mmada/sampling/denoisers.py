@@ -135,14 +135,15 @@ class CachingDenoiser(Protocol):
     """A `Denoiser` that can record keys/values and reuse them (`MMaDAModel`; see `mmada.model.cache`).
 
     `new_cache()` returns an empty cache; `__call__(..., cache=c)` is the exact forward that also
-    records into `c`; `__call__(..., cache=c, fresh=slice(s, e))` recomputes only positions s..e-1.
+    records into `c`; `__call__(..., cache=c, fresh=slice(s, e))` recomputes only positions s..e-1,
+    `fresh=mask` ((B, L) bool) the True positions of each row (logits of the union of the columns).
     """
 
     def new_cache(self) -> Any: ...
 
     def __call__(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, *, positions: Positions = None,
-        cache: Any = None, fresh: slice | None = None,
+        cache: Any = None, fresh: slice | Tensor | None = None,
     ) -> Tensor: ...
 
 
@@ -154,41 +155,107 @@ def check_caching(denoiser: Denoiser) -> CachingDenoiser:
     return denoiser
 
 
+CacheKeep = Literal["none", "prompt", "finished", "all"]
+
+
 class BlockCachedDenoiser:
     """A `Denoiser` that reuses keys/values while a block is denoised (Fast-dLLM, arXiv 2505.22618 §3.2).
 
     The first call of each block (after `start_block`), and every `refresh`-th call within it, is
-    the exact forward and records the cache; the other calls recompute only the block (mode
-    "dual") or the block and everything after it ("prefix"), extended to the left to the first
-    position whose logits are asked. `refresh` = 1 makes every call exact; 0 = block starts only.
-    Cache rows follow batch rows, so a guidance wrapper around this one caches both halves.
+    a *refresh*; the other calls recompute only the block (mode "dual") or the block and everything
+    after it ("prefix"), extended to the left to the first position whose logits are asked. Mode
+    "delayed" recomputes less than "dual": only the positions asked for that are still masked or
+    were masked at the previous call, so a committed token is re-encoded once, one step after its
+    commit, and then kept (dKV-Cache's delayed caching, arXiv 2505.15781 §3.2); its logits are
+    zero at the other positions asked for (finished tokens, which no commit rule looks at).
+
+    What a refresh recomputes is `keep`: "none" re-encodes the whole sequence (exact at that step,
+    Fast-dLLM's choice); "prompt" keeps the prompt's keys/values from the first call (an
+    understanding prompt's image is encoded once per question); "finished" also
+    keeps every finished block's, re-encoded once in the refresh after it finished (what an
+    autoregressive KV cache keeps); "all" also keeps the masked suffix, so a refresh re-encodes the
+    block only. `refresh` = 1 with keep "none" makes every call exact; 0 = block starts only.
+
+    Cache rows follow batch rows, so a guidance wrapper around this one caches both halves; with
+    `mask_id`, a row whose window has no mask left recomputes nothing, so batched rows that finish
+    a block at different steps get what each would get alone. The MaskGIT loop uses the same class
+    with the image span as its one block (`sampling.image.image_cache`).
     """
 
-    def __init__(self, denoiser: Denoiser, mode: Literal["prefix", "dual"], refresh: int = 0) -> None:
+    def __init__(self, denoiser: Denoiser, mode: Literal["prefix", "dual", "delayed"], refresh: int = 0,
+                 keep: CacheKeep = "none", *, mask_id: int | None = None) -> None:
         denoiser = check_caching(denoiser)
-        if mode not in ("prefix", "dual"):
-            raise ValueError(f"cache mode must be 'prefix' or 'dual', got {mode!r}")
-        self.denoiser, self.mode, self.refresh = denoiser, mode, refresh
+        if mode not in ("prefix", "dual", "delayed"):
+            raise ValueError(f"cache mode must be 'prefix', 'dual' or 'delayed', got {mode!r}")
+        if mode == "delayed" and mask_id is None:
+            raise ValueError("cache mode 'delayed' needs the `mask_id`")
+        if keep not in ("none", "prompt", "finished", "all"):
+            raise ValueError(f"cache keep must be 'none', 'prompt', 'finished' or 'all', got {keep!r}")
+        self.denoiser, self.mode, self.refresh, self.keep, self.mask_id = denoiser, mode, refresh, keep, mask_id
         self.cache = denoiser.new_cache()
+        self.masked: Tensor | None = None
+        """The masked positions of the previous call's input (mode "delayed")."""
         self.block: slice | None = None
+        self.kept = 0
+        """Positions before this are never recomputed by a refresh."""
         self.calls = 0
         self.refreshes = 0
-        """Full (exact) forwards so far, for benchmarks and tests."""
+        """Refreshes so far (full or from `kept` on), for benchmarks and tests."""
 
     def start_block(self, block: slice) -> None:
         """The next call starts a new block: it refreshes the cache."""
+        if self.keep == "prompt" and self.block is None:
+            self.kept = block.start
+        elif self.keep == "all" or (self.keep == "finished" and (self.block is None or self.mode == "delayed")):
+            self.kept = block.start  # "delayed" re-encoded the last block's tokens already, bar the last commits
+        elif self.keep == "finished":
+            self.kept = self.block.start  # type: ignore[union-attr]
         self.block, self.calls = block, 0
 
     def __call__(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, *, positions: Positions = None
     ) -> Tensor:
-        block, calls = self.block, self.calls
+        block, calls, length = self.block, self.calls, input_ids.shape[1]
         self.calls += 1
+        masked = None if self.mask_id is None else input_ids == self.mask_id
+        before, self.masked = self.masked, masked
         due = calls == 0 or (self.refresh > 0 and calls % self.refresh == 0)
-        if block is None or due or not isinstance(positions, slice):
+        recorded = self.cache.shape == tuple(input_ids.shape)
+        if block is None or not recorded or not isinstance(positions, slice) or (due and self.keep == "none"):
             self.refreshes += 1
             return self.denoiser(input_ids, attention_mask, positions=positions, cache=self.cache)
-        start = min(block.start, positions.indices(input_ids.shape[1])[0])
-        stop = block.stop if self.mode == "dual" else input_ids.shape[1]
-        return self.denoiser(input_ids, attention_mask, positions=positions, cache=self.cache,
-                             fresh=slice(start, stop))
+        start, stop, _ = positions.indices(length)
+        if due:
+            self.refreshes += 1
+            lo, hi = min(self.kept, start), (block.stop if self.keep == "all" else length)
+        else:
+            lo, hi = min(block.start, start), (length if self.mode == "prefix" else block.stop)
+        if masked is not None and self.mode != "delayed" and not due:
+            # A row whose window is decided (batched rows finish blocks at different steps) leaves its
+            # cache as it is, as it would be alone: its next refresh may keep this block.
+            open_rows = masked[:, start:stop].any(dim=1)
+            if not bool(open_rows.all()):
+                fresh = torch.zeros_like(masked)
+                fresh[:, lo:hi] = open_rows[:, None]
+                return self._sparse(input_ids, attention_mask, start, stop, fresh)
+        if masked is None or before is None or self.mode != "delayed":
+            return self.denoiser(input_ids, attention_mask, positions=positions, cache=self.cache, fresh=slice(lo, hi))
+        fresh = masked | before  # (B, L): masked now or at the previous call: undecided or just committed
+        if due:
+            fresh[:, lo:hi] = True  # the refreshed span, plus the commits of the previous call anywhere
+        else:
+            fresh[:, :lo] = False
+        fresh[:, hi:] = False
+        return self._sparse(input_ids, attention_mask, start, stop, fresh)
+
+    def _sparse(self, input_ids: Tensor, attention_mask: Tensor | None, start: int, stop: int,
+                fresh: Tensor) -> Tensor:
+        """Recompute the (B, L) `fresh` positions; (B, stop - start, V) logits, zero where no row recomputed."""
+        columns = fresh.any(dim=0).nonzero().squeeze(1)  # (F,), what the model computes
+        if columns.numel() == 0:  # nothing left to decode here: an exact forward keeps the contract simple
+            self.refreshes += 1
+            return self.denoiser(input_ids, attention_mask, positions=slice(start, stop), cache=self.cache)
+        logits = self.denoiser(input_ids, attention_mask, cache=self.cache, fresh=fresh)  # (B, F, V)
+        inside = (columns >= start) & (columns < stop)
+        out = logits.new_zeros(logits.shape[0], stop - start, logits.shape[2])
+        return out.index_copy_(1, columns[inside] - start, logits[:, inside])

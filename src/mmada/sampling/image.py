@@ -33,9 +33,16 @@ from torch import Tensor
 
 from mmada.diffusion.schedules import Schedule, get_schedule
 from mmada.prompting import TokenLayout, Vocab
-from mmada.sampling.common import SampleStep, check_length, key_padding_mask
+from mmada.sampling.common import SampleStep, check_length, key_padding_mask, select_topk_per_row
 from mmada.sampling.config import ImageSampling, TemperatureSchedule
-from mmada.sampling.denoisers import ClassifierFreeGuidance, Denoiser, replace_prefix
+from mmada.sampling.denoisers import (
+    CachingDenoiser,
+    ClassifierFreeGuidance,
+    Denoiser,
+    Positions,
+    check_caching,
+    replace_prefix,
+)
 from mmada.sampling.text import last_step
 
 LOG_EPS = 1e-20  # clamp inside the logs of models/sampling.py `log`
@@ -78,6 +85,8 @@ def iter_sample_t2i(
         raise ValueError(f"`timesteps` ({settings.timesteps}) must be <= the {num_image} image tokens to "
                          "unmask: every step commits at least one")
     text_len = image.start - 1  # everything before <|soi|>
+    if settings.cache != "none":
+        model = image_cache(model, settings, image, vocab.mask_id)
     if settings.guidance_scale > 0:
         uncond = _check_uncond(uncond, layout.batch_size, text_len, settings.guidance_scale)
         model = _null_prompt_guidance(model, settings.guidance_scale, uncond.input_ids, uncond.attention_mask,
@@ -86,13 +95,13 @@ def iter_sample_t2i(
     taus = annealed_temperatures(settings.temperature, settings.timesteps, settings.temperature_schedule)
     codes = slice(vocab.image_offset, vocab.image_end)
     return _iter_maskgit(model, layout.input_ids, key_padding_mask(layout.attention_mask), image, codes, gamma,
-                         taus, mask_id=vocab.mask_id, generator=generator)
+                         taus, mask_id=vocab.mask_id, generator=generator, exact=settings.cache == "none")
 
 
 @torch.no_grad()
 def _iter_maskgit(
     model: Denoiser, input_ids: Tensor, attention_mask: Tensor | None, image: slice, vocab: slice,
-    gamma: Schedule, taus: list[float], *, mask_id: int, generator: torch.Generator | None,
+    gamma: Schedule, taus: list[float], *, mask_id: int, generator: torch.Generator | None, exact: bool = True,
 ) -> Iterator[SampleStep]:
     """The MaskGIT loop over the `image` positions of `input_ids`, one step per temperature."""
     tokens = input_ids.clone()  # (B, L); the official code writes into the caller's tensor
@@ -102,7 +111,7 @@ def _iter_maskgit(
     for t, tau in enumerate(taus):
         logits = model(tokens, attention_mask, positions=image)[..., vocab]  # (B, N, K)
         num_masked = remask_count(gamma, (t + 1) / len(taus), n_unknown, unknown)  # (B, 1)
-        codes, keep, confidence = maskgit_step(logits, codes, unknown, num_masked, tau, generator)
+        codes, keep, confidence = maskgit_step(logits, codes, unknown, num_masked, tau, generator, exact=exact)
         unknown = ~keep
         tokens = tokens.clone()
         tokens[:, image] = torch.where(keep, codes + vocab.start, mask_id)
@@ -123,6 +132,72 @@ def sample_t2i(
     return last_step(iter_sample_t2i(model, layout, settings, vocab, uncond=uncond, generator=generator)).tokens
 
 
+def image_cache(model: Denoiser, settings: ImageSampling, image: slice, mask_id: int) -> ImageStepCache:
+    """The MaskGIT loop's KV cache for `settings` (see `ImageStepCache`)."""
+    return ImageStepCache(check_caching(model), image, mask_id, settled=settings.cache == "settled",
+                          reuse=settings.cache_reuse, refresh=settings.cache_refresh)
+
+
+class ImageStepCache:
+    """A `Denoiser` for the MaskGIT loop that reuses keys/values (and, optionally, logits) across steps.
+
+    The first call is the exact forward and records the cache; the text prefix (everything before
+    the image span) is never recomputed after it. Later calls recompute the whole image span
+    (`settled` False), or only the codes still undecided and those kept by the previous step, each
+    re-encoded once with its code (`settled`: dKV-Cache's delayed caching, arXiv 2505.15781). With
+    `reuse` r > 0, a call recomputes only the (1 - r) share of the undecided codes whose last max logit
+    is lowest, and hands back the last logits for the others (ML-Cache, Lumina-DiMOO
+    generators/image_generation_generator.py: the sure positions change least). Every `refresh`-th
+    call recomputes the whole image span (0 = never). Rows are independent (batched = alone).
+    """
+
+    def __init__(self, model: CachingDenoiser, image: slice, mask_id: int, *, settled: bool, reuse: float,
+                 refresh: int) -> None:
+        self.model, self.image, self.mask_id = model, image, mask_id
+        self.settled, self.reuse, self.refresh = settled, reuse, refresh
+        self.cache = model.new_cache()
+        self.calls = 0
+        self.logits: Tensor | None = None  # (B, N, V), the last logits handed out
+        self.masked: Tensor | None = None  # (B, N), undecided codes at the previous call
+
+    def __call__(self, input_ids: Tensor, attention_mask: Tensor | None = None, *,
+                 positions: Positions = None) -> Tensor:
+        if positions != self.image:
+            raise ValueError(f"the image cache serves the image span {self.image}, asked for {positions}")
+        calls, self.calls = self.calls, self.calls + 1
+        masked = input_ids[:, self.image] == self.mask_id  # (B, N)
+        before, self.masked = self.masked, masked
+        image, length = self.image, input_ids.shape[1]
+        if calls == 0:
+            self.logits = self.model(input_ids, attention_mask, positions=image, cache=self.cache)
+            return self.logits
+        if not self.settled or (self.refresh and calls % self.refresh == 0) or self.logits is None or before is None:
+            self.logits = self.model(input_ids, attention_mask, positions=image, cache=self.cache,
+                                     fresh=slice(image.start, length))
+            return self.logits
+        wanted = masked
+        if self.reuse > 0:
+            wanted = masked & _lowest_share(self.logits.amax(dim=-1), masked, 1 - self.reuse)
+        ask = wanted | (before & ~masked)  # + the codes kept by the previous step: re-encoded once
+        if not bool(ask.any()):
+            return self.logits
+        fresh = torch.zeros_like(input_ids, dtype=torch.bool)
+        fresh[:, image] = ask
+        columns = ask.any(dim=0).nonzero().squeeze(1)  # (F,) image offsets the model computes
+        new = self.model(input_ids, attention_mask, cache=self.cache, fresh=fresh)  # (B, F, V)
+        take = wanted[:, columns]  # (B, F): rows replace only the logits they asked for
+        logits = self.logits  # updated in place: what a call returns is valid until the next call
+        logits[:, columns] = torch.where(take[..., None], new.to(logits.dtype), logits[:, columns])
+        return logits
+
+
+def _lowest_share(score: Tensor, candidates: Tensor, share: float) -> Tensor:
+    """(B, N) bool: per row, the ceil(share * #candidates) candidates with the lowest score (at least one)."""
+    count = (candidates.sum(dim=-1) * share).ceil().long().clamp(min=1)
+    ranked = score.masked_fill(~candidates, float("inf"))
+    return select_topk_per_row(-ranked, torch.minimum(count, candidates.sum(dim=-1)))
+
+
 def _null_prompt_guidance(
     model: Denoiser, scale: float, uncond_ids: Tensor, uncond_mask: Tensor | None, text_len: int
 ) -> Denoiser:
@@ -133,9 +208,13 @@ def _null_prompt_guidance(
 
 def maskgit_step(
     logits: Tensor, codes: Tensor, unknown: Tensor, num_masked: Tensor, temperature: float,
-    generator: torch.Generator | None,
+    generator: torch.Generator | None, *, exact: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Sample every unknown position, then keep all but the `num_masked` least confident.
+
+    `exact` draws as the official sampler does (one categorical draw per position, known ones
+    included, by `torch.multinomial`); otherwise only the unknown positions are drawn, by inverse
+    CDF (one uniform each instead of K exponentials): the same distribution, another random stream.
 
     Args:
         logits: (B, N, K) image logits (already guided).
@@ -147,10 +226,13 @@ def maskgit_step(
     Returns:
         codes (B, N) with every position filled, keep (B, N) bool, confidence (B, N) float.
     """
-    probs = logits.float().softmax(dim=-1)  # (B, N, K), float32 also for half-precision models
-    sampled = torch.multinomial(probs.flatten(0, 1), 1, generator=generator).view(codes.shape)  # (B, N)
+    if exact:
+        probs = logits.float().softmax(dim=-1)  # (B, N, K), float32 also for half-precision models
+        sampled = torch.multinomial(probs.flatten(0, 1), 1, generator=generator).view(codes.shape)  # (B, N)
+        chosen = probs.gather(-1, sampled.unsqueeze(-1)).squeeze(-1)  # (B, N)
+    else:
+        sampled, chosen = _sample_unknown(logits, unknown, generator)
     sampled = torch.where(unknown, sampled, codes)
-    chosen = probs.gather(-1, sampled.unsqueeze(-1)).squeeze(-1)  # (B, N)
     chosen = torch.where(unknown, chosen, torch.finfo(chosen.dtype).max)  # given codes: top confidence
     noise = torch.zeros_like(chosen).uniform_(0, 1, generator=generator)  # drawn even when tau = 0
     gumbel = -torch.log(torch.log(noise.clamp(min=LOG_EPS)).neg().clamp(min=LOG_EPS))
@@ -158,6 +240,20 @@ def maskgit_step(
     cut_off = confidence.sort(dim=-1).values.gather(-1, num_masked)  # (B, 1)
     remask = (confidence < cut_off) & unknown
     return sampled, ~remask, confidence
+
+
+def _sample_unknown(logits: Tensor, unknown: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """Codes drawn from softmax(logits) at the `unknown` positions only, and their probabilities;
+    (B, N) each, 0 at the known positions."""
+    probs = logits[unknown].float().softmax(dim=-1)  # (U, K)
+    cdf = probs.cumsum(dim=-1)
+    draw = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device) * cdf[:, -1:]
+    picked = torch.searchsorted(cdf, draw).clamp(max=probs.shape[1] - 1)  # (U, 1)
+    sampled = torch.zeros(unknown.shape, dtype=torch.long, device=logits.device)
+    chosen = torch.zeros(unknown.shape, dtype=probs.dtype, device=logits.device)
+    sampled[unknown] = picked.squeeze(1)
+    chosen[unknown] = probs.gather(-1, picked).squeeze(1)
+    return sampled, chosen
 
 
 def remask_count(gamma: Schedule, ratio: float, n_unknown: Tensor, unknown: Tensor) -> Tensor:

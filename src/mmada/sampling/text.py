@@ -29,12 +29,12 @@ the same loop, with a model call that reuses keys/values between refreshes (Fast
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from functools import partial
 from typing import TypeVar
 
 import torch
 from torch import Tensor
 
+from mmada.sampling.commit import Selector, step_selector
 from mmada.sampling.common import (
     SampleStep,
     add_gumbel_noise,
@@ -43,12 +43,10 @@ from mmada.sampling.common import (
     key_padding_mask,
     num_transfer_tokens,
     random_scores,
-    select_above_threshold,
-    select_topk_per_row,
     token_confidence,
     uniform_window,
 )
-from mmada.sampling.config import InfillSampling, Remasking, TextSampling
+from mmada.sampling.config import CommitRule, InfillSampling, Remasking, TextSampling
 from mmada.sampling.denoisers import (
     BlockCachedDenoiser,
     ClassifierFreeGuidance,
@@ -154,21 +152,23 @@ def iter_denoise_blocks(
         stop_token_ids: stop after a block whose last token is one of these in every row.
         Other arguments: as in `iter_sample_text`.
     """
-    cfg_scale, threshold = policy.cfg_scale, policy.threshold
     cached = None
     if isinstance(policy, TextSampling) and policy.cache != "none":
-        model = cached = BlockCachedDenoiser(model, policy.cache, policy.cache_refresh)
+        model = cached = BlockCachedDenoiser(model, policy.cache, policy.cache_refresh, policy.cache_keep,
+                                                   mask_id=mask_id)
+    cfg_scale = policy.cfg_scale
     if cfg_scale > 0:
         model = ClassifierFreeGuidance(model, cfg_scale, mask_positions(tokens != mask_id, mask_id))
     attention_mask = key_padding_mask(attention_mask)
     stop_ids = _as_id_tensor(stop_token_ids, tokens.device)
-    propose = _proposer(policy.temperature, policy.remasking, generator)
+    exact = not policy.adaptive and not (isinstance(policy, TextSampling) and policy.cache != "none")
+    propose = _proposer(policy.temperature, policy.remasking, generator, precise=exact)
     step = 0
     for index, block in enumerate(blocks):
         if cached is not None:
             cached.start_block(block)
         block_steps = _iter_block(model, tokens, attention_mask, block, propose, steps=steps_per_block,
-                                  threshold=threshold, mask_id=mask_id)
+                                  rule=policy, mask_id=mask_id)
         for tokens, committed, confidence in block_steps:  # `tokens` becomes the state after each step
             yield SampleStep(step=step, block=index, tokens=tokens, committed=committed,
                              confidence=confidence)
@@ -177,29 +177,28 @@ def iter_denoise_blocks(
             return
 
 
-Selector = Callable[[Tensor], Tensor]
-"""Commit policy of one step: (B, W) scores, -inf = not a candidate -> (B, W) bool."""
-
 Proposer = Callable[[Tensor, tuple[int, int], slice], tuple[Tensor, Tensor]]
 """(B, W, V) logits, full (B, L) shape, window -> (B, W) proposals, (B, W) scores."""
 
 
 def _iter_block(
     model: Denoiser, tokens: Tensor, attention_mask: Tensor | None, block: slice, propose: Proposer,
-    *, steps: int, threshold: float | None, mask_id: int,
+    *, steps: int, rule: CommitRule, mask_id: int,
 ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-    """The steps of one block: fixed quotas from the transfer schedule, or, in threshold mode,
-    as many steps as it takes to leave no mask in the block."""
-    if threshold is None:
-        quotas = num_transfer_tokens(tokens[:, block] == mask_id, steps)  # (B, steps)
-        selectors = [partial(select_topk_per_row, k=quotas[:, k]) for k in range(steps)]
-    else:
+    """The steps of one block: fixed quotas from the transfer schedule, or, with an adaptive rule, as
+    many steps as it takes to leave no mask in the block. A block that an early commit completed
+    ends there."""
+    if rule.adaptive:
         # At least one commit per unfinished row and step, so the masks up to the block's end bound
         # the steps (the bound only binds for a model that proposes [MASK] itself).
         budget = int((tokens[:, : block.stop] == mask_id).sum(dim=1).max())
-        selectors = [partial(select_above_threshold, threshold=threshold)] * budget
+        selectors = [step_selector(rule)] * budget
+    else:
+        quotas = num_transfer_tokens(tokens[:, block] == mask_id, steps)  # (B, steps)
+        selectors = [step_selector(rule, quotas[:, k]) for k in range(steps)]
+    check_done = rule.adaptive or rule.early_commit is not None
     for select in selectors:
-        if threshold is not None and not bool((tokens[:, block] == mask_id).any()):
+        if check_done and not bool((tokens[:, block] == mask_id).any()):
             return
         tokens, committed, confidence = denoise_step(model, tokens, attention_mask, block, select,
                                                      propose, mask_id=mask_id)
@@ -224,7 +223,7 @@ def denoise_step(
     batch, length = tokens.shape
     proposal, scores = propose(logits, (batch, length), window)  # (B, W), (B, W)
     scores = scores.masked_fill(~masked[:, window], float("-inf"))
-    commit = select(scores)  # (B, W)
+    commit = select(scores, logits)  # (B, W)
     committed = torch.zeros_like(masked)
     committed[:, window] = commit
     new_tokens = tokens.clone()
@@ -243,10 +242,12 @@ def _logit_window(masked: Tensor, block: slice) -> slice:
     return slice(start, block.stop)
 
 
-def _proposer(temperature: float, remasking: Remasking, generator: torch.Generator | None) -> Proposer:
+def _proposer(temperature: float, remasking: Remasking, generator: torch.Generator | None, *,
+              precise: bool = True) -> Proposer:
     """Proposals and their scores, drawing random numbers in the official order and shapes:
     float64 Gumbel noise over the (B, L, V) logits first, then float32 (B, L) scores for
-    "random" remasking (models/modeling_mmada.py `mmu_generate`)."""
+    "random" remasking (models/modeling_mmada.py `mmu_generate`). `precise`: float64
+    confidences (the exact modes; see `token_confidence`)."""
 
     def propose(logits: Tensor, shape: tuple[int, int], window: slice) -> tuple[Tensor, Tensor]:
         uniform = None
@@ -256,7 +257,7 @@ def _proposer(temperature: float, remasking: Remasking, generator: torch.Generat
                                      device=logits.device, generator=generator)
         proposal = add_gumbel_noise(logits, temperature, uniform).argmax(dim=-1)  # (B, W)
         if remasking == "low_confidence":
-            return proposal, token_confidence(logits, proposal)
+            return proposal, token_confidence(logits, proposal, precise=precise)
         return proposal, random_scores(shape, window, device=logits.device, generator=generator)
 
     return propose
