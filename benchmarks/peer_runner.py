@@ -22,7 +22,7 @@ import json
 import os
 import platform
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 HARNESS = os.environ.get("PEER_BENCH_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "peer_bench"))
@@ -98,7 +98,7 @@ def text_settings(a, steps, temperature):
 def image_settings(a, timesteps, temperature):
     base = sampling.ImageSampling(timesteps=timesteps, guidance_scale=a.guidance, temperature=temperature,
                                   schedule=a.schedule)
-    return replace(base, **_overrides(a.set))
+    return replace(sampling.apply_preset(base, a.preset), **_overrides(a.set))
 
 
 def main(argv=None):
@@ -169,6 +169,7 @@ def main(argv=None):
         warm = {"full": lambda: call(a.steps), "none": None,
                 "short": lambda: call(C.short_steps(a.gen_length, a.block_length, a.steps))}[a.warmup]
         secs, out, nfes, toks, peak = C.time_calls(lambda: call(a.steps), a.repeat, warm, counter)
+        rec["settings"] = asdict(text_settings(a, a.steps, temperature))
         rec.update(sampler="sample_text", prompt_len=P, gen_length=a.gen_length, block_length=a.block_length,
                    steps=a.steps, temperature=temperature, cfg_scale=a.cfg_scale, remasking=a.remasking)
         s = C.summarize(secs, nfes, toks, a.batch * a.gen_length)
@@ -198,6 +199,7 @@ def main(argv=None):
         warm = {"full": lambda: call(a.timesteps), "none": None,
                 "short": lambda: call(min(2, a.timesteps))}[a.warmup]
         secs, out, nfes, toks, peak = C.time_calls(lambda: call(a.timesteps), a.repeat, warm, counter)
+        rec["settings"] = asdict(image_settings(a, a.timesteps, temperature))
         rec.update(sampler="sample_t2i", prompt_len=int(ids.shape[1]), image_tokens=n_img,
                    timesteps=a.timesteps, guidance=a.guidance, temperature=temperature, schedule=a.schedule)
         s = C.summarize(secs, nfes, toks, a.batch)

@@ -10,9 +10,9 @@ progress bar and GIFs, the server and the web page consume.
 Sampler settings are `sampling.TextSampling` / `sampling.ImageSampling`, whose defaults are the official
 demo's (Gen-Verse/MMaDA app.py; MMADA.md §3). A checkpoint may ship `mmada_pipeline.json` with its own
 defaults (the built-in tiny model does); a call takes a settings object (`sampling=`), keyword overrides
-of its fields (`gen_length=...`), or both (the keywords apply over the object). Text calls (`generate`,
-`chat`, `understand`, their `iter_*` and `*_batch` forms) also take `preset=` ("exact", "fast", "fastest";
-`sampling.PRESETS`), applied over the defaults (or `sampling=`) and under the keywords.
+of its fields (`gen_length=...`), or both (the keywords apply over the object). Every call also takes
+`preset=` ("exact", "fast", "fastest"; `sampling.PRESETS` for text, `sampling.IMAGE_PRESETS` for images),
+applied over the defaults (or `sampling=`) and under the keywords.
 """
 
 from __future__ import annotations
@@ -227,9 +227,11 @@ class MMaDAPipeline:
         (`sampling.PRESETS`), then keyword overrides."""
         return _settings(apply_preset(sampling or self.settings.text, preset), overrides)
 
-    def image_settings(self, sampling: ImageSampling | None = None, **overrides: Any) -> ImageSampling:
-        """The image settings of a call: `sampling` (default: the pipeline's) with keyword overrides."""
-        return _settings(sampling or self.settings.image, overrides)
+    def image_settings(self, sampling: ImageSampling | None = None, preset: str | None = None,
+                       **overrides: Any) -> ImageSampling:
+        """The image settings of a call: `sampling` (default: the pipeline's), then the named `preset`
+        (`sampling.IMAGE_PRESETS`), then keyword overrides."""
+        return _settings(apply_preset(sampling or self.settings.image, preset), overrides)
 
     def iter_chat(
         self, messages: Sequence[dict[str, str]], *, thinking: bool = False, generator: torch.Generator | None = None,

@@ -138,16 +138,17 @@ def _add_preset_flag(parser: argparse.ArgumentParser) -> None:
     from ..sampling import PRESETS
 
     parser.add_argument("--preset", choices=tuple(PRESETS), default=None,
-                        help="named text sampling preset, applied before the other sampler flags: exact (the "
-                        "official outputs), fast (dual key/value cache), fastest (cache + threshold 0.9) "
-                        "(default: none, the model's own settings; the built-in model's are exact)")
+                        help="named sampling preset, applied before the other sampler flags: exact (the "
+                        "official outputs), fast (key/value cache), fastest (cache + parallel commits: "
+                        "threshold 0.9 for text, logit reuse for images) (default: none, the model's own "
+                        "settings; the built-in model's are exact)")
 
 
 def _sampling(args: argparse.Namespace, defaults: Any) -> Any:
-    """The sampler settings of a call: the pipeline's `defaults`, then `--preset` (text), then the sampler flags."""
-    from ..sampling import TextSampling, apply_preset
+    """The sampler settings of a call: the pipeline's `defaults`, then `--preset`, then the sampler flags."""
+    from ..sampling import InfillSampling, apply_preset
 
-    if isinstance(defaults, TextSampling):
+    if not isinstance(defaults, InfillSampling):
         defaults = apply_preset(defaults, getattr(args, "preset", None))
     given = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(defaults)}
     return dataclasses.replace(defaults, **{name: value for name, value in given.items() if value is not None})
@@ -304,15 +305,15 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     """Score a model on the tiny world's fixed evaluation suite."""
     from ..evaluation.world import WorldEvalConfig, evaluate_world, results_to_markdown, save_results
-    from ..sampling import PRESETS, Overrides, TextSampling
+    from ..sampling import IMAGE_PRESETS, PRESETS, ImageSampling, Overrides, TextSampling
 
     pipe = _pipeline(args)
-    preset = PRESETS[args.preset] if args.preset else {}
-    text = Overrides(TextSampling, **preset, temperature=0.0)
+    text = Overrides(TextSampling, **(PRESETS[args.preset] if args.preset else {}), temperature=0.0)
+    image = Overrides(ImageSampling, **(IMAGE_PRESETS[args.preset] if args.preset else {}))
     config = WorldEvalConfig(
         tasks=tuple(args.tasks.split(",")) if args.tasks else WorldEvalConfig.tasks,
         per_group=args.per_group, limit=args.limit, batch_size=args.batch_size, thinking=args.thinking,
-        text=text, short=text, seed=args.seed or 0,
+        text=text, short=text, image=image, seed=args.seed or 0,
     )
     results = evaluate_world(pipe, config, progress=not args.quiet)
     print(results_to_markdown(results))
@@ -385,6 +386,7 @@ def _add_generation_commands(sub: Any) -> None:
     p.add_argument("-o", "--output", type=Path, default=Path("mmada.png"), help="PNG to write")
     p.add_argument("--gif", type=Path, default=None, help="also write the denoising steps as a GIF")
     _add_model_flags(p)
+    _add_preset_flag(p)
     _add_dataclass_flags(p, ImageSampling, "image sampling", "image")
     p.set_defaults(func=cmd_t2i)
 
@@ -397,6 +399,7 @@ def _add_generation_commands(sub: Any) -> None:
     p.add_argument("-o", "--output", type=Path, default=Path("inpainted.png"), help="PNG to write")
     p.add_argument("--gif", type=Path, default=None, help="also write the denoising steps as a GIF")
     _add_model_flags(p)
+    _add_preset_flag(p)
     _add_dataclass_flags(p, ImageSampling, "image sampling", "image")
     p.set_defaults(func=cmd_inpaint)
 

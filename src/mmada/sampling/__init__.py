@@ -6,14 +6,22 @@
 - `denoisers`: the `Denoiser` protocol and `ClassifierFreeGuidance`.
 - `common`: Gumbel noise, confidences, commit selection, `SampleStep`.
 - `config`: the settings each sampler takes (`TextSampling`, `ImageSampling`, `InfillSampling`) and the
-  named text presets (`PRESETS`, `apply_preset`).
+  named presets (`PRESETS` for text, `IMAGE_PRESETS` for images, `apply_preset`).
 
 Every sampler has an iterator form (`iter_*`, yielding one `SampleStep` per model call) and a
 plain form returning the final tokens. Samplers never import the model class.
 """
 
 from mmada.sampling.common import SampleStep
-from mmada.sampling.config import PRESETS, ImageSampling, InfillSampling, Overrides, TextSampling, apply_preset
+from mmada.sampling.config import (
+    IMAGE_PRESETS,
+    PRESETS,
+    ImageSampling,
+    InfillSampling,
+    Overrides,
+    TextSampling,
+    apply_preset,
+)
 from mmada.sampling.denoisers import ClassifierFreeGuidance, Denoiser, guide
 from mmada.sampling.image import iter_sample_t2i, sample_t2i
 from mmada.sampling.inpaint import (
@@ -29,6 +37,7 @@ from mmada.sampling.inpaint import (
 from mmada.sampling.text import iter_denoise_blocks, iter_sample_text, last_step, sample_text
 
 __all__ = [
+    "IMAGE_PRESETS",
     "PRESETS",
     "ClassifierFreeGuidance",
     "Denoiser",

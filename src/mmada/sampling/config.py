@@ -190,8 +190,8 @@ class ImageSampling:
     """With cache "settled": the share of undecided codes whose last logits are reused instead of
     recomputed, those with the highest max logit (ML-Cache, Lumina-DiMOO), in [0, 1); 0 = none."""
     cache_refresh: int = 0
-    """With a cache: re-encode all image positions every this many steps (0 = never; the text prefix
-    stays cached even at 1, so no setting is exact)."""
+    """With a cache: re-encode the whole sequence every this many steps (0 = never; 1 = every step,
+    the uncached logits, though the codes are drawn from another random stream than "none")."""
 
     def __post_init__(self) -> None:
         _at_least_one(timesteps=self.timesteps)
@@ -208,29 +208,43 @@ class ImageSampling:
             raise ValueError(f"`cache_reuse` ({self.cache_reuse}) must be in [0, 1) and needs cache='settled'")
 
 
+SettingsT = TypeVar("SettingsT", TextSampling, ImageSampling, InfillSampling)
+
+_EXACT_TEXT = {"cache": "none", "cache_refresh": 0, "cache_keep": "none", "threshold": None, "factor": None,
+               "entropy_bound": None, "early_commit": None}
+
 PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     # The official outputs: no cache, the fixed commit schedule (what the defaults already are).
-    "exact": MappingProxyType({"cache": "none", "cache_refresh": 0, "threshold": None}),
-    # Fast-dLLM's dual cache, re-encoded at the start of every block: approximate, same commit schedule.
-    "fast": MappingProxyType({"cache": "dual", "cache_refresh": 0, "threshold": None}),
-    # Dual cache plus Fast-dLLM's parallel commit of every token with confidence >= 0.9.
-    "fastest": MappingProxyType({"cache": "dual", "cache_refresh": 0, "threshold": 0.9}),
+    "exact": MappingProxyType(_EXACT_TEXT),
+    # The official commit schedule over a delayed KV cache that keeps finished blocks: approximate.
+    "fast": MappingProxyType({**_EXACT_TEXT, "cache": "delayed", "cache_keep": "finished"}),
+    # The same cache plus Fast-dLLM's parallel commit of every token with confidence >= 0.9.
+    "fastest": MappingProxyType({**_EXACT_TEXT, "cache": "delayed", "cache_keep": "finished", "threshold": 0.9}),
 })
 """Named text-sampling presets: name -> the `TextSampling` fields it sets (the others keep the pipeline's
 defaults). `exact` reproduces the official samplers token for token; `fast` and `fastest` trade exactness
-for speed (docs/benchmarks.md). Image sampling has no presets yet: they apply to `TextSampling` only."""
+for speed (docs/benchmarks.md)."""
+
+IMAGE_PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
+    "exact": MappingProxyType({"cache": "none", "cache_reuse": 0.0, "cache_refresh": 0}),
+    # Text prefix encoded once; each step re-encodes the undecided codes and those kept one step before.
+    "fast": MappingProxyType({"cache": "settled", "cache_reuse": 0.0, "cache_refresh": 0}),
+    # ... and reuses the logits of the 90 % surest undecided codes, refreshed every 5 steps (ML-Cache's
+    # defaults: Lumina-DiMOO inference/inference_t2i.py, cache_ratio 0.9, refresh_interval 5).
+    "fastest": MappingProxyType({"cache": "settled", "cache_reuse": 0.9, "cache_refresh": 5}),
+})
+"""The same preset names for `ImageSampling` (text-to-image, inpainting, extrapolation)."""
 
 
-def apply_preset(base: TextSampling, preset: str | None) -> TextSampling:
-    """`base` with the fields of the named preset (None: `base` unchanged); an unknown name is refused."""
+def apply_preset(base: SettingsT, preset: str | None) -> SettingsT:
+    """`base` with the fields of the named preset for its kind (`PRESETS` for text, `IMAGE_PRESETS` for
+    images; None: `base` unchanged); an unknown name is refused."""
     if preset is None:
         return base
-    if preset not in PRESETS:
-        raise ValueError(f"unknown sampling preset {preset!r}; choose from {', '.join(PRESETS)}")
-    return replace(base, **PRESETS[preset])
-
-
-SettingsT = TypeVar("SettingsT", TextSampling, ImageSampling, InfillSampling)
+    table = IMAGE_PRESETS if isinstance(base, ImageSampling) else PRESETS
+    if preset not in table or isinstance(base, InfillSampling):
+        raise ValueError(f"unknown sampling preset {preset!r}; choose from {', '.join(table)}")
+    return replace(base, **table[preset])
 
 
 class Overrides(Generic[SettingsT]):

@@ -148,7 +148,8 @@ class ImageStepCache:
     `reuse` r > 0, a call recomputes only the (1 - r) share of the undecided codes whose last max logit
     is lowest, and hands back the last logits for the others (ML-Cache, Lumina-DiMOO
     generators/image_generation_generator.py: the sure positions change least). Every `refresh`-th
-    call recomputes the whole image span (0 = never). Rows are independent (batched = alone).
+    call is the exact forward again (0 = never; 1 = every call, the uncached logits). Rows are
+    independent: a batch gets the logits each row would get alone.
     """
 
     def __init__(self, model: CachingDenoiser, image: slice, mask_id: int, *, settled: bool, reuse: float,
@@ -168,10 +169,10 @@ class ImageStepCache:
         masked = input_ids[:, self.image] == self.mask_id  # (B, N)
         before, self.masked = self.masked, masked
         image, length = self.image, input_ids.shape[1]
-        if calls == 0:
+        if calls == 0 or (self.refresh and calls % self.refresh == 0):  # exact, and recorded
             self.logits = self.model(input_ids, attention_mask, positions=image, cache=self.cache)
             return self.logits
-        if not self.settled or (self.refresh and calls % self.refresh == 0) or self.logits is None or before is None:
+        if not self.settled or self.logits is None or before is None:
             self.logits = self.model(input_ids, attention_mask, positions=image, cache=self.cache,
                                      fresh=slice(image.start, length))
             return self.logits
