@@ -254,3 +254,31 @@ def test_delayed_cache_recomputes_only_undecided_and_just_committed_positions():
     counts = [f.sum(dim=1).tolist() for f in calls[1:4]]  # type: ignore[union-attr]  per row
     assert counts == [[4] * 3, [3] * 3, [2] * 3]
     assert not calls[1][:, :9].any() and not calls[1][:, 13:].any()  # type: ignore[index]
+
+
+@pytest.mark.parametrize("cache", ["dual", "delayed"])
+def test_drift_test_refreshes_more_as_its_tolerance_shrinks(cache):
+    """4 blocks of 4 steps. Tolerance 0 refreshes at the call after any drift (calls 0 and 2 of each
+    block); a huge one never adds a refresh to the block starts. Refreshes are the full forwards here."""
+    counts = {tol: _fresh_calls(settings(cache=cache, cache_drift=tol, steps=16)).count(None)
+              for tol in (0.0, 0.05, 1e9)}
+    assert counts[1e9] == 4 and counts[0.0] == 8
+    assert counts[0.0] >= counts[0.05] >= counts[1e9]
+
+
+def test_the_cache_measures_key_drift_only_where_watched():
+    model, (ids, mask) = tiny_model(), ragged_prompts()
+    cache = model.new_cache()
+    model(ids, mask, cache=cache)
+    changed = ids.clone()
+    changed[:, 3] = (changed[:, 3] + 1) % 60  # context moves for every position
+    model(changed, mask, cache=cache, fresh=slice(6, 9))
+    assert cache.drift == 0.0  # nothing watched
+    cache.watch = torch.zeros(ids.shape, dtype=torch.bool)
+    cache.watch[:, 7] = True
+    model(changed, mask, cache=cache, fresh=slice(6, 9))
+    assert cache.drift == 0.0 and cache.watch is None  # same input as the last write: no drift
+    model(ids, mask, cache=cache)
+    cache.watch = torch.ones(ids.shape, dtype=torch.bool)
+    model(changed, mask, cache=cache, fresh=slice(6, 9))
+    assert cache.drift > 0.0

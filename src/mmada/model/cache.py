@@ -37,6 +37,11 @@ class KVCache:
     def __init__(self) -> None:
         self.keys: list[Tensor] = []  # per layer (B, Hkv, L, D), after RoPE
         self.values: list[Tensor] = []
+        self.watch: Tensor | None = None
+        """(B, L) bool set by the caller: positions whose key drift the next cached forward measures."""
+        self.drift = 0.0
+        """After a cached forward with `watch`: the largest relative change (L2 over heads and features)
+        of the last layer's keys at the watched recomputed positions; 0.0 otherwise."""
 
     @property
     def shape(self) -> tuple[int, int] | None:
@@ -61,9 +66,24 @@ class KVCache:
         """Write k, v (B, Hkv, F, D) over positions `fresh` (a slice, or (F,) int64 positions) of
         `layer`'s record and return the record (B, Hkv, L, D). `rows` (B, F) bool: write only where
         True (a row keeps its cached keys/values elsewhere)."""
+        if layer == len(self.keys) - 1:
+            self.drift = self._drift(self.keys[layer], k, fresh, rows)
         _write(self.keys[layer], k, fresh, rows)
         _write(self.values[layer], v, fresh, rows)
         return self.keys[layer], self.values[layer]
+
+    def _drift(self, cached: Tensor, new: Tensor, where: slice | Tensor, rows: Tensor | None) -> float:
+        watch, self.watch = self.watch, None
+        if watch is None:
+            return 0.0
+        watched = watch[:, where]  # (B, F)
+        if rows is not None:
+            watched = watched & rows
+        if not bool(watched.any()):
+            return 0.0
+        old = cached[:, :, where].float()
+        change = (new.float() - old).norm(dim=(1, 3)) / old.norm(dim=(1, 3)).clamp(min=1e-12)  # (B, F)
+        return float(change[watched].max())
 
 
 def _write(cached: Tensor, fresh: Tensor, where: slice | Tensor, rows: Tensor | None) -> None:

@@ -112,6 +112,10 @@ class TextSampling(CommitRule):
     cache_refresh: int = 0
     """With a cache: refresh it every this many steps within a block (1 = every step, which with
     cache_keep "none" is exact); 0 = only at the start of each block (always done)."""
+    cache_drift: float | None = None
+    """With a cache: also refresh once the keys of the still-masked positions have drifted by this much
+    since the last refresh (summed relative L2 change of the last layer's keys per step; a drift test
+    in the spirit of dKV-Cache / Elastic-Cache), e.g. 0.5; 0 = after any change; None = no test."""
     cache_keep: CacheKeep = "none"
     """With a cache, what a refresh keeps instead of re-encoding: "none" (the whole sequence is
     re-encoded), "prompt" (the prompt, e.g. an understanding image, is encoded once per call) or
@@ -123,6 +127,10 @@ class TextSampling(CommitRule):
         if self.cache not in CACHE_MODES:
             raise ValueError(f"`cache` ({self.cache!r}) must be one of {CACHE_MODES}")
         _check_refresh(self.cache, self.cache_refresh)
+        if self.cache_drift is not None:
+            _finite_non_negative(cache_drift=self.cache_drift)
+            if self.cache == "none":
+                raise ValueError(f"`cache_drift` ({self.cache_drift}) has no effect with cache='none'")
         if self.cache_keep not in CACHE_KEEPS:
             raise ValueError(f"`cache_keep` ({self.cache_keep!r}) must be one of {CACHE_KEEPS}")
         if self.cache == "none" and self.cache_keep != "none":

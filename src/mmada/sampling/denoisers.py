@@ -174,7 +174,11 @@ class BlockCachedDenoiser:
     understanding prompt's image is encoded once per question); "finished" also
     keeps every finished block's, re-encoded once in the refresh after it finished (what an
     autoregressive KV cache keeps); "all" also keeps the masked suffix, so a refresh re-encodes the
-    block only. `refresh` = 1 with keep "none" makes every call exact; 0 = block starts only.
+    block only. `refresh` = 1 with keep "none" makes every call exact; 0 = block starts only. With a
+    `drift` tolerance, a call is also a refresh once the keys of the still-masked positions (whose
+    tokens did not change) have moved by more than it, summed over the calls since the last refresh
+    (the cache measures the last layer's relative key change; dKV-Cache / Elastic-Cache refresh on
+    such drift tests).
 
     Cache rows follow batch rows, so a guidance wrapper around this one caches both halves; with
     `mask_id`, a row whose window has no mask left recomputes nothing, so batched rows that finish
@@ -183,7 +187,7 @@ class BlockCachedDenoiser:
     """
 
     def __init__(self, denoiser: Denoiser, mode: Literal["prefix", "dual", "delayed"], refresh: int = 0,
-                 keep: CacheKeep = "none", *, mask_id: int | None = None) -> None:
+                 keep: CacheKeep = "none", *, mask_id: int | None = None, drift: float | None = None) -> None:
         denoiser = check_caching(denoiser)
         if mode not in ("prefix", "dual", "delayed"):
             raise ValueError(f"cache mode must be 'prefix', 'dual' or 'delayed', got {mode!r}")
@@ -191,7 +195,11 @@ class BlockCachedDenoiser:
             raise ValueError("cache mode 'delayed' needs the `mask_id`")
         if keep not in ("none", "prompt", "finished", "all"):
             raise ValueError(f"cache keep must be 'none', 'prompt', 'finished' or 'all', got {keep!r}")
+        if drift is not None and mask_id is None:
+            raise ValueError("a drift test needs the `mask_id`")
         self.denoiser, self.mode, self.refresh, self.keep, self.mask_id = denoiser, mode, refresh, keep, mask_id
+        self.drift, self.drifted = drift, 0.0
+        self.watch: Tensor | None = None
         self.cache = denoiser.new_cache()
         self.masked: Tensor | None = None
         """The masked positions of the previous call's input (mode "delayed")."""
@@ -220,6 +228,13 @@ class BlockCachedDenoiser:
         masked = None if self.mask_id is None else input_ids == self.mask_id
         before, self.masked = self.masked, masked
         due = calls == 0 or (self.refresh > 0 and calls % self.refresh == 0)
+        self.watch = None
+        if self.drift is not None:
+            due = due or self.drifted > self.drift
+            if due:
+                self.drifted = 0.0
+            elif masked is not None and before is not None:
+                self.watch = masked & before  # still masked: their input is unchanged, only context moved
         recorded = self.cache.shape == tuple(input_ids.shape)
         if block is None or not recorded or not isinstance(positions, slice) or (due and self.keep == "none"):
             self.refreshes += 1
@@ -239,7 +254,7 @@ class BlockCachedDenoiser:
                 fresh[:, lo:hi] = open_rows[:, None]
                 return self._sparse(input_ids, attention_mask, start, stop, fresh)
         if masked is None or before is None or self.mode != "delayed":
-            return self.denoiser(input_ids, attention_mask, positions=positions, cache=self.cache, fresh=slice(lo, hi))
+            return self._cached(input_ids, attention_mask, slice(lo, hi), positions)
         fresh = masked | before  # (B, L): masked now or at the previous call: undecided or just committed
         if due:
             fresh[:, lo:hi] = True  # the refreshed span, plus the commits of the previous call anywhere
@@ -248,6 +263,17 @@ class BlockCachedDenoiser:
         fresh[:, hi:] = False
         return self._sparse(input_ids, attention_mask, start, stop, fresh)
 
+    def _cached(self, input_ids: Tensor, attention_mask: Tensor | None, fresh: slice | Tensor,
+                positions: Positions = None) -> Tensor:
+        """The cached forward of `fresh`; with a drift test, its key drift is added to the running sum."""
+        if self.watch is not None:
+            self.cache.watch = self.watch
+        logits = self.denoiser(input_ids, attention_mask, positions=positions, cache=self.cache, fresh=fresh)
+        if self.watch is not None:
+            self.drifted += self.cache.drift
+            self.cache.watch = None
+        return logits
+
     def _sparse(self, input_ids: Tensor, attention_mask: Tensor | None, start: int, stop: int,
                 fresh: Tensor) -> Tensor:
         """Recompute the (B, L) `fresh` positions; (B, stop - start, V) logits, zero where no row recomputed."""
@@ -255,7 +281,7 @@ class BlockCachedDenoiser:
         if columns.numel() == 0:  # nothing left to decode here: an exact forward keeps the contract simple
             self.refreshes += 1
             return self.denoiser(input_ids, attention_mask, positions=slice(start, stop), cache=self.cache)
-        logits = self.denoiser(input_ids, attention_mask, cache=self.cache, fresh=fresh)  # (B, F, V)
+        logits = self._cached(input_ids, attention_mask, fresh)  # (B, F, V)
         inside = (columns >= start) & (columns < stop)
         out = logits.new_zeros(logits.shape[0], stop - start, logits.shape[2])
         return out.index_copy_(1, columns[inside] - start, logits[:, inside])

@@ -155,7 +155,7 @@ def iter_denoise_blocks(
     cached = None
     if isinstance(policy, TextSampling) and policy.cache != "none":
         model = cached = BlockCachedDenoiser(model, policy.cache, policy.cache_refresh, policy.cache_keep,
-                                                   mask_id=mask_id)
+                                                   mask_id=mask_id, drift=policy.cache_drift)
     cfg_scale = policy.cfg_scale
     if cfg_scale > 0:
         model = ClassifierFreeGuidance(model, cfg_scale, mask_positions(tokens != mask_id, mask_id))
