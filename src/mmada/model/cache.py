@@ -83,7 +83,7 @@ class KVCache:
             return 0.0
         old = cached[:, :, where].float()
         change = (new.float() - old).norm(dim=(1, 3)) / old.norm(dim=(1, 3)).clamp(min=1e-12)  # (B, F)
-        return float(change[watched].max())
+        return float(change[watched].max().detach())
 
 
 def _write(cached: Tensor, fresh: Tensor, where: slice | Tensor, rows: Tensor | None) -> None:
