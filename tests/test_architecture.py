@@ -17,7 +17,7 @@ LAYERS = {
     "diffusion": 3, "world": 3,
     "sampling": 4,
     "pipelines": 5,
-    "training": 6, "evaluation": 6, "rewards": 6,
+    "training": 6, "evaluation": 6, "rewards": 6, "rl": 6,
     "recipe": 7, "demo": 7,
     "cli": 8, "serve": 8, "__main__": 8, "__init__": 8,
 }
