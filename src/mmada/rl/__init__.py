@@ -1,5 +1,6 @@
-"""Reinforcement learning for MMaDA: UniGRPO's objective pieces and rule-based rewards (§2.3)."""
+"""Reinforcement learning for MMaDA (§2.3): UniGRPO's objective pieces, rule-based rewards, rollouts and the loop."""
 
+from .loop import RLConfig, inner_noise, run_unigrpo, unigrpo_update
 from .objective import (
     UniGRPOConfig,
     UniGRPOLoss,
@@ -16,24 +17,54 @@ from .objective import (
     unigrpo_loss,
 )
 from .rewards import REWARDS, ClipScore, ImageRewardScore, RewardMix, gsm8k_answer
+from .rollout import (
+    RL_TASK_TABLE,
+    RL_TASKS,
+    Rollout,
+    WorldPrompts,
+    arithmetic_reward,
+    response_mask,
+    rollout_t2i,
+    rollout_text,
+    rollout_vqa,
+    rollout_world,
+    vqa_reward,
+    world_prompts,
+)
 
 __all__ = [
     "REWARDS",
+    "RL_TASKS",
+    "RL_TASK_TABLE",
     "ClipScore",
     "ImageRewardScore",
+    "RLConfig",
     "RewardMix",
+    "Rollout",
     "UniGRPOConfig",
     "UniGRPOLoss",
+    "WorldPrompts",
+    "arithmetic_reward",
     "fully_masked_noise",
     "group_advantages",
     "gsm8k_answer",
+    "inner_noise",
     "k3_kl",
     "keep_groups",
     "mask_ratios",
     "masked_token_logprobs",
+    "response_mask",
+    "rollout_t2i",
+    "rollout_text",
+    "rollout_vqa",
+    "rollout_world",
+    "run_unigrpo",
     "sequence_mean",
     "structured_noise",
     "timesteps",
     "uniform_timesteps",
     "unigrpo_loss",
+    "unigrpo_update",
+    "vqa_reward",
+    "world_prompts",
 ]
