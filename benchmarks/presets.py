@@ -5,10 +5,13 @@ recipe's evaluation settings (`recipe.stage_eval_config`: greedy, the model's ow
 arithmetic, 32 tokens in one block for short answers), once per preset of `sampling.PRESETS` applied
 over them. The table gives the overall accuracy per task, the seconds of the whole run, generated tokens
 per second (answer positions: gen_length per row, early-stopped blocks included) and model calls
-(NFE, each a batch of up to 32 prompts). Image sampling has no presets,
-so t2i is not scored.
+(NFE, each a batch of up to 32 prompts). `--variant` adds rows of other text settings.
+
+`--image` scores the image presets instead (`sampling.IMAGE_PRESETS`): text-to-image (compositional
+judge) and digit text-to-image, averaged over `--seeds` seeds, with images per second.
 
     python benchmarks/presets.py [--limit 12] [--threads 1] [--plot docs/presets.png]
+    python benchmarks/presets.py --image [--limit 25] [--seeds 2]
 
 `--plot` also draws accuracy against tokens/s, one line per task through the presets (needs matplotlib:
 `pip install 'mmada[plots]'`).
@@ -32,9 +35,10 @@ import mmada.pipelines
 from mmada.evaluation.world import evaluate_world
 from mmada.pipelines import MMaDAPipeline
 from mmada.recipe import stage_eval_config
-from mmada.sampling import PRESETS, Overrides, SampleStep, TextSampling
+from mmada.sampling import IMAGE_PRESETS, PRESETS, ImageSampling, Overrides, SampleStep, TextSampling
 
 TASKS = ("arithmetic", "vqa", "digit_recognition")
+IMAGE_TASKS = ("t2i", "digit_t2i")
 
 
 class Counter:
@@ -74,9 +78,14 @@ def main() -> None:
     parser.add_argument("--plot", default=None, help="also write accuracy vs tokens/s as a PNG here")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:FIELD=VALUE,...",
                         help="also score these settings (over exact), e.g. 'delayed:cache=delayed,cache_keep=all'")
+    parser.add_argument("--image", action="store_true", help="score the image presets on the t2i tasks instead")
+    parser.add_argument("--seeds", type=int, default=2, help="--image: image-sampling seeds to average (default: 2)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     pipe = MMaDAPipeline.from_pretrained(args.model)
+    if args.image:
+        image_presets(pipe, args.limit, args.seeds)
+        return
     base = replace(stage_eval_config(per_group=50, limit=args.limit, thinking=False), tasks=TASKS)
     rows = []
     variants = {name: dict(values) for name, values in PRESETS.items()} | dict(map(parse_variant, args.variant))
@@ -101,6 +110,40 @@ def main() -> None:
               f"{exact_seconds / seconds:.2f}x |")
     if args.plot:
         plot(rows, args.plot)
+
+
+def image_presets(pipe: MMaDAPipeline, limit: int, seeds: int) -> None:
+    """One row per image preset: judged t2i scores (mean over seeds) and images per second."""
+    base = replace(stage_eval_config(per_group=50, limit=limit, thinking=False), tasks=IMAGE_TASKS)
+    print(f"mmada-tiny world evaluation, image presets, --limit {limit} per group, {seeds} seed(s), "
+          f"{torch.get_num_threads()} thread(s)\n")
+    print("| preset | " + " | ".join(IMAGE_TASKS) + " | images | seconds | images/s | speed-up |")
+    print("|---|" + "---|" * (len(IMAGE_TASKS) + 4))
+    exact_seconds = None
+    for name, values in IMAGE_PRESETS.items():
+        scores = {task: 0.0 for task in IMAGE_TASKS}
+        images = [0]
+        real = mmada.pipelines.iter_sample_t2i
+
+        def counting(model: Any, layout: Any, *a: Any, _real: Any = real, _n: list[int] = images,
+                     **kw: Any) -> Iterator[SampleStep]:
+            _n[0] += layout.batch_size
+            return _real(model, layout, *a, **kw)
+
+        mmada.pipelines.iter_sample_t2i = counting  # type: ignore[assignment]
+        start = time.perf_counter()
+        try:
+            for seed in range(seeds):
+                results = evaluate_world(pipe, replace(base, image=Overrides(ImageSampling, **values), seed=seed))
+                for task in IMAGE_TASKS:
+                    scores[task] += results[task]["overall"] / seeds
+        finally:
+            mmada.pipelines.iter_sample_t2i = real  # type: ignore[assignment]
+        seconds = time.perf_counter() - start
+        exact_seconds = exact_seconds or seconds
+        cells = " | ".join(f"{100 * scores[task]:.1f}%" for task in IMAGE_TASKS)
+        print(f"| {name} | {cells} | {images[0]} | {seconds:.1f} | {images[0] / seconds:.2f} | "
+              f"{exact_seconds / seconds:.2f}x |", flush=True)
 
 
 def plot(rows: list[tuple[str, Any, float, Counter]], path: str) -> None:
