@@ -226,8 +226,9 @@ PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     "exact": MappingProxyType(_EXACT_TEXT),
     # The official commit schedule over a delayed KV cache that keeps finished blocks: approximate.
     "fast": MappingProxyType({**_EXACT_TEXT, "cache": "delayed", "cache_keep": "finished"}),
-    # The same cache plus Fast-dLLM's parallel commit of every token with confidence >= 0.9.
-    "fastest": MappingProxyType({**_EXACT_TEXT, "cache": "delayed", "cache_keep": "finished", "threshold": 0.9}),
+    # The delayed cache keeping everything but the block across refreshes, plus Fast-dLLM's parallel commit
+    # of every token with confidence >= 0.9.
+    "fastest": MappingProxyType({**_EXACT_TEXT, "cache": "delayed", "cache_keep": "all", "threshold": 0.9}),
 })
 """Named text-sampling presets: name -> the `TextSampling` fields it sets (the others keep the pipeline's
 defaults). `exact` reproduces the official samplers token for token; `fast` and `fastest` trade exactness
