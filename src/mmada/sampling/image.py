@@ -87,29 +87,32 @@ def iter_sample_t2i(
     text_len = image.start - 1  # everything before <|soi|>
     if settings.cache != "none":
         model = image_cache(model, settings, image, vocab.mask_id)
+    codes = slice(vocab.image_offset, vocab.image_end)
+    model = CodebookLogits(model, codes)  # under guidance: it then combines K columns, not the whole vocabulary
     if settings.guidance_scale > 0:
         uncond = _check_uncond(uncond, layout.batch_size, text_len, settings.guidance_scale)
         model = _null_prompt_guidance(model, settings.guidance_scale, uncond.input_ids, uncond.attention_mask,
                                       text_len)
     gamma = get_schedule(settings.schedule)
     taus = annealed_temperatures(settings.temperature, settings.timesteps, settings.temperature_schedule)
-    codes = slice(vocab.image_offset, vocab.image_end)
-    return _iter_maskgit(model, layout.input_ids, key_padding_mask(layout.attention_mask), image, codes, gamma,
+    return _iter_maskgit(model, layout.input_ids, key_padding_mask(layout.attention_mask), image, gamma,
                          taus, mask_id=vocab.mask_id, generator=generator, exact=settings.cache == "none")
 
 
 @torch.no_grad()
 def _iter_maskgit(
-    model: Denoiser, input_ids: Tensor, attention_mask: Tensor | None, image: slice, vocab: slice,
+    model: CodebookLogits | Denoiser, input_ids: Tensor, attention_mask: Tensor | None, image: slice,
     gamma: Schedule, taus: list[float], *, mask_id: int, generator: torch.Generator | None, exact: bool = True,
 ) -> Iterator[SampleStep]:
-    """The MaskGIT loop over the `image` positions of `input_ids`, one step per temperature."""
+    """The MaskGIT loop over the `image` positions of `input_ids`, one step per temperature; `model` gives
+    the codebook's logits only (a `CodebookLogits`, possibly under guidance)."""
+    vocab = _codebook_of(model)
     tokens = input_ids.clone()  # (B, L); the official code writes into the caller's tensor
     unknown = tokens[:, image] == mask_id  # (B, N)
     codes = torch.where(unknown, 0, tokens[:, image] - vocab.start)  # (B, N)
     n_unknown = unknown.sum(dim=-1, keepdim=True)  # (B, 1)
     for t, tau in enumerate(taus):
-        logits = model(tokens, attention_mask, positions=image)[..., vocab]  # (B, N, K)
+        logits = model(tokens, attention_mask, positions=image)  # (B, N, K)
         num_masked = remask_count(gamma, (t + 1) / len(taus), n_unknown, unknown)  # (B, 1)
         codes, keep, confidence = maskgit_step(logits, codes, unknown, num_masked, tau, generator, exact=exact)
         unknown = ~keep
@@ -130,6 +133,26 @@ def sample_t2i(
 ) -> Tensor:
     """`iter_sample_t2i` run to the end; returns the image codes (B, N) int64 in [0, K)."""
     return last_step(iter_sample_t2i(model, layout, settings, vocab, uncond=uncond, generator=generator)).tokens
+
+
+class CodebookLogits:
+    """A `Denoiser` returning only the logits of the image codebook's K ids, `codes` (B, ..., K): the
+    MaskGIT loop reads nothing else, so guidance and the cache's logit reuse then work on K columns."""
+
+    def __init__(self, denoiser: Denoiser, codes: slice) -> None:
+        self.denoiser, self.codes = denoiser, codes
+
+    def __call__(self, input_ids: Tensor, attention_mask: Tensor | None = None, *,
+                 positions: Positions = None) -> Tensor:
+        return self.denoiser(input_ids, attention_mask, positions=positions)[..., self.codes]
+
+
+def _codebook_of(model: object) -> slice:
+    """The codebook slice of the `CodebookLogits` at the bottom of a guidance wrapper (or `model` itself)."""
+    inner = getattr(model, "denoiser", None) if not isinstance(model, CodebookLogits) else model
+    if not isinstance(inner, CodebookLogits):
+        raise TypeError("the MaskGIT loop needs a CodebookLogits denoiser")
+    return inner.codes
 
 
 def image_cache(model: Denoiser, settings: ImageSampling, image: slice, mask_id: int) -> ImageStepCache:
