@@ -10,7 +10,8 @@ warm-up call, with `torch.cuda.synchronize()` around the call and the CUDA peak 
 * understanding: `<|mmu|> <|soi|>` 1,024 image codes (512 px) `<|eoi|>` + a 40-token question,
   128 tokens in blocks of 32, 64 steps;
 * text-to-image: a 32-token caption in the 128-token t2i layout, 1,024 image codes, 16 MaskGIT
-  steps, guidance 3.5 (batch 2 forwards).
+  steps, guidance 3.5 (batch 2 forwards);
+* batching: 8 ragged text prompts (40..120 tokens, left-padded) in one call vs 8 calls at batch 1.
 
     python benchmarks/gpu_fast_sampling.py [--out docs/gpu_fast_sampling.json]   # ~5 min on one H100/H200
     python benchmarks/gpu_fast_sampling.py --smoke                               # the same code on a CPU toy
@@ -40,10 +41,11 @@ def llada_vocab(config: ModelConfig, text_vocab: int, codebook: int) -> Vocab:
         bos, mask, special = 126080, 126336, dict(eot_id=126348, start_header_id=126346, end_header_id=126347)
         reserved = list(range(126084, 126095))
     else:  # --smoke: the same roles packed at the top of a small text vocabulary
-        bos, mask, special = text_vocab - 20, text_vocab - 1, dict(eot_id=text_vocab - 2, start_header_id=text_vocab - 4,
-                                                                 end_header_id=text_vocab - 3)
+        bos, mask = text_vocab - 20, text_vocab - 1
+        special = dict(eot_id=text_vocab - 2, start_header_id=text_vocab - 4, end_header_id=text_vocab - 3)
         reserved = list(range(text_vocab - 16, text_vocab - 5))
-    names = ("soi_id", "eoi_id", "sov_id", "eov_id", "t2i_id", "mmu_id", "t2v_id", "v2v_id", "lvg_id", "ipad_id", "r2i_id")
+    names = ("soi_id", "eoi_id", "sov_id", "eov_id", "t2i_id", "mmu_id", "t2v_id", "v2v_id", "lvg_id", "ipad_id",
+             "r2i_id")
     return Vocab(mask_id=mask, bos_id=bos, eos_id=bos + 1, pad_id=bos + 1, **special, **dict(zip(names, reserved)),
                  text_vocab_size=text_vocab, image_offset=text_vocab, codebook_size=codebook,
                  vocab_size=config.vocab_size)
@@ -60,7 +62,8 @@ def build(smoke: bool, head_scale: float) -> tuple[MMaDAModel, Vocab, dict[str, 
         device, dtype, sizes = torch.device("cpu"), torch.float32, dict(image=64, text_len=32, gen=64, mmu_gen=32)
     else:
         config, text_vocab, codebook = ModelConfig.mmada_8b(), 126464, 8192
-        device, dtype, sizes = torch.device("cuda"), torch.bfloat16, dict(image=1024, text_len=128, gen=256, mmu_gen=128)
+        device, dtype = torch.device("cuda"), torch.bfloat16
+        sizes = dict(image=1024, text_len=128, gen=256, mmu_gen=128)
     torch.manual_seed(0)
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -133,6 +136,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             settings = replace(image, **IMAGE_PRESETS[preset])
             run("text-to-image", preset, lambda s=settings: sample_t2i(
                 model, layout, s, vocab, uncond=null, generator=torch.Generator(device).manual_seed(0)), 1)
+    with torch.inference_mode():
+        batching(model, vocab, text, text_ids, run)
     for row in results["rows"]:
         exact = next(r for r in results["rows"] if r["task"] == row["task"] and r["preset"] == "exact")
         row["speedup"] = round(exact["seconds"] / row["seconds"], 2)
@@ -143,6 +148,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"| {row['task']} | {row['preset']} | {row['seconds']} | {row['per_s']} | {row['speedup']}x | "
               f"{row['peak_gib']} |")
     return results
+
+
+def batching(model: MMaDAModel, vocab: Vocab, text: TextSampling, text_ids: Any, run: Any) -> None:
+    """8 ragged prompts (40..120 tokens, left-padded) in one call vs 8 calls at batch 1, per preset."""
+    rows = [text_ids(n).to(model.device) for n in torch.linspace(40, 120, 8).long().tolist()]
+    width = max(r.shape[1] for r in rows)
+    ids = torch.full((8, width), vocab.pad_id, dtype=torch.long, device=model.device)
+    mask = torch.zeros(8, width, dtype=torch.long, device=model.device)
+    for i, r in enumerate(rows):
+        ids[i, width - r.shape[1]:], mask[i, width - r.shape[1]:] = r[0], 1
+    for preset in PRESETS:
+        settings = replace(text, **PRESETS[preset])
+        run("text, 8 ragged, batch 1 x 8", preset, lambda s=settings: [
+            sample_text(model, r, s, mask_id=vocab.mask_id) for r in rows], 8 * settings.gen_length)
+        run("text, 8 ragged, batch 8", preset, lambda s=settings: sample_text(
+            model, ids, s, mask_id=vocab.mask_id, attention_mask=mask), 8 * settings.gen_length)
 
 
 if __name__ == "__main__":

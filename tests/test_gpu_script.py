@@ -15,6 +15,7 @@ def test_gpu_benchmark_script_runs_every_task_and_preset(tmp_path):
     spec.loader.exec_module(module)
     results = module.main(["--smoke", "--out", str(tmp_path / "r.json")])
     rows = {(r["task"], r["preset"]) for r in results["rows"]}
-    assert rows == {(t, p) for t in ("text", "understanding", "text-to-image") for p in ("exact", "fast", "fastest")}
+    tasks = ("text", "understanding", "text-to-image", "text, 8 ragged, batch 1 x 8", "text, 8 ragged, batch 8")
+    assert rows == {(t, p) for t in tasks for p in ("exact", "fast", "fastest")}
     assert all(r["per_s"] > 0 and r["speedup"] > 0 for r in results["rows"])
     assert (tmp_path / "r.json").exists()
