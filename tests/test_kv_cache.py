@@ -88,6 +88,19 @@ def test_cached_forward_refuses_bad_arguments():
         model(ids, mask, cache=cache, padding="soft")
 
 
+def _fresh_calls(config: TextSampling) -> tuple[list[object], torch.Tensor]:
+    """Sample the ragged prompts with `config`; the `fresh` argument of every model call, and the output."""
+    model, (ids, mask) = tiny_model(), ragged_prompts()
+    calls: list[object] = []
+
+    def spy(*args, **kw):
+        calls.append(kw.get("fresh"))
+        return model(*args, **kw)
+
+    spy.new_cache = model.new_cache  # type: ignore[attr-defined]
+    return calls, sample_text(spy, ids, config, mask_id=MASK_ID, attention_mask=mask)
+
+
 # ---- the sampler ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("cache", ["prefix", "dual"])
@@ -106,16 +119,8 @@ def test_cache_refreshed_every_step_equals_exact_sampling(cache, temperature, cf
 def test_cache_refreshed_at_block_starts_only(cache, threshold):
     """One exact forward per block, the other calls recompute the block (dual) or block + suffix
     (prefix); the result is complete and keeps the prompt."""
-    model, (ids, mask) = tiny_model(), ragged_prompts()
-    calls: list[object] = []
-
-    def spy(*args, **kw):
-        calls.append(kw.get("fresh"))
-        return model(*args, **kw)
-
-    spy.new_cache = model.new_cache  # type: ignore[attr-defined]
-    config = settings(cache=cache, threshold=threshold)
-    out = sample_text(spy, ids, config, mask_id=MASK_ID, attention_mask=mask)
+    ids, _ = ragged_prompts()
+    calls, out = _fresh_calls(settings(cache=cache, threshold=threshold))
     assert not (out == MASK_ID).any() and torch.equal(out[:, :9], ids)
     assert calls[0] is None and calls.count(None) == 4  # 4 blocks of 4
     blocks = [slice(start, start + 4) for start in range(9, 25, 4)]
@@ -221,17 +226,6 @@ def test_delayed_cache_refreshed_every_step_equals_exact_sampling(temperature, c
     assert torch.equal(runs[0], runs[1])
 
 
-def _fresh_calls(config: TextSampling) -> list[object]:
-    model, (ids, mask) = tiny_model(), ragged_prompts()
-    calls: list[object] = []
-
-    def spy(*args, **kw):
-        calls.append(kw.get("fresh"))
-        return model(*args, **kw)
-
-    spy.new_cache = model.new_cache  # type: ignore[attr-defined]
-    sample_text(spy, ids, config, mask_id=MASK_ID, attention_mask=mask)
-    return calls
 
 
 @pytest.mark.parametrize("keep,first_refresh_span", [("prompt", slice(9, 25)), ("finished", slice(9, 25)),
@@ -239,7 +233,7 @@ def _fresh_calls(config: TextSampling) -> list[object]:
 def test_what_a_refresh_keeps(keep, first_refresh_span):
     """Blocks of 4 from position 9, 2 steps each: call 0 is the one full forward; call 2 refreshes for
     the second block (13..16): from the prompt's end, from the finished block's start, or the block only."""
-    calls = _fresh_calls(settings(cache="dual", cache_keep=keep))
+    calls, _ = _fresh_calls(settings(cache="dual", cache_keep=keep))
     assert calls[0] is None and calls.count(None) == 1
     assert calls[1] == slice(9, 13) and calls[2] == first_refresh_span
     later = calls[6]  # the fourth block's refresh
@@ -247,7 +241,7 @@ def test_what_a_refresh_keeps(keep, first_refresh_span):
 
 
 def test_delayed_cache_recomputes_only_undecided_and_just_committed_positions():
-    calls = _fresh_calls(settings(cache="delayed", steps=16))  # 4 steps per block of 4: 1 commit per step
+    calls, _ = _fresh_calls(settings(cache="delayed", steps=16))  # 4 steps per block of 4: 1 commit per step
     assert calls[0] is None
     for fresh in calls[1:4]:  # the first block's later steps: 3, 2, 1 masked + the one just committed
         assert isinstance(fresh, torch.Tensor) and fresh.dtype == torch.bool
@@ -260,7 +254,7 @@ def test_delayed_cache_recomputes_only_undecided_and_just_committed_positions():
 def test_drift_test_refreshes_more_as_its_tolerance_shrinks(cache):
     """4 blocks of 4 steps. Tolerance 0 refreshes at the call after any drift (calls 0 and 2 of each
     block); a huge one never adds a refresh to the block starts. Refreshes are the full forwards here."""
-    counts = {tol: _fresh_calls(settings(cache=cache, cache_drift=tol, steps=16)).count(None)
+    counts = {tol: _fresh_calls(settings(cache=cache, cache_drift=tol, steps=16))[0].count(None)
               for tol in (0.0, 0.05, 1e9)}
     assert counts[1e9] == 4 and counts[0.0] == 8
     assert counts[0.0] >= counts[0.05] >= counts[1e9]
