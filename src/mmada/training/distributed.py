@@ -174,8 +174,14 @@ def init_distributed(backend: str | None = None, device: str | torch.device | No
 
 
 def teardown(ctx: DistributedContext) -> None:
-    """Destroy the process group (call once at the end of training; a no-op for a single process)."""
+    """Destroy the process group (call once at the end of training; a no-op for a single process).
+
+    Every rank first waits for the others: a rank that destroys its group while a peer is still
+    mid-collective (e.g. rank 0 writing results) can abort gloo's transport threads
+    ("terminate called without an active exception").
+    """
     if ctx.is_distributed and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
