@@ -24,7 +24,6 @@ from mmada.rl.rollout import (
     vqa_reward,
     world_prompts,
 )
-from mmada.sampling import Overrides, TextSampling
 from mmada.world import split_of
 
 SMALL = {"gen_length": 8, "block_length": 8, "steps": 4, "temperature": 1.0}
@@ -152,6 +151,8 @@ def test_bad_rollout_inputs_are_refused(pipe):
         world_prompts("gsm8k", 1, random.Random(0))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown RL task"):
         RLConfig(tasks={"chess": 1.0})
+    with pytest.raises(ValueError, match="gen_lenght"):
+        RLConfig(text={"gen_lenght": 8})  # sampler fields are checked when the config is made
 
 
 # ---- the update ----------------------------------------------------------------------------------------
@@ -248,7 +249,7 @@ def test_a_toy_reward_rises(pipe):
 
 def test_run_unigrpo_logs_one_line_per_step(pipe, tmp_path):
     log = tmp_path / "rl" / "log.jsonl"
-    config = RLConfig(prompts_per_step=2, steps=2, text=Overrides(TextSampling, **SMALL), lr=1e-4,
+    config = RLConfig(prompts_per_step=2, steps=2, text=dict(SMALL), lr=1e-4,
                       unigrpo=UniGRPOConfig(group_size=4, inner_steps=2), log_path=str(log))
     rows = run_unigrpo(pipe, config)
     lines = [json.loads(line) for line in log.read_text().splitlines()]

@@ -45,17 +45,16 @@ def cmd_recipe(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train, or resume, the run a YAML config describes; SIGTERM / Ctrl-C checkpoint and stop cleanly."""
-    from ..training.config import load_config
-    from ..training.trainer import run_training
+    from ..rl.trainer import load_stage, train_stage  # a stage with an `rl:` section trains with UniGRPO
     from ..utils.device import seed_everything
 
     # the bar first, so that a `log.progress=false` of the user's still wins
     overrides = [*([] if args.quiet else ["log.progress=true"]), *args.overrides]
     if args.out is not None:
         overrides.append(f"log.run_dir={args.out}")
-    config = load_config([args.config], overrides)
+    config = load_stage([args.config], overrides)
     seed_everything(config.seed)  # the random initialisation of a preset; everything else has its own generator
-    result = run_training(config, resume=args.resume)
+    result = train_stage(config, resume=args.resume)
     if result.stopped_by is not None:
         print(f"stopped at step {result.step}; continue with: mmada train {args.config} ... --resume "
               f"(checkpoint {result.checkpoint})", file=sys.stderr)

@@ -28,6 +28,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -52,7 +53,7 @@ from .objective import (
     timesteps,
     unigrpo_loss,
 )
-from .rollout import RL_TASKS, RLTask, Rollout, rollout_world, world_prompts
+from .rollout import RL_TASKS, RLTask, Rollout, WorldPrompts, rollout_world, world_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +104,8 @@ def unigrpo_update(
     reference: nn.Module | None = None,
     generator: torch.Generator | None = None,
     max_grad_norm: float = 1.0,
+    clip_grad: Callable[[float], Tensor] | None = None,
+    bf16: bool = False,
 ) -> dict[str, float]:
     """μ UniGRPO gradient steps on one rollout batch (see the module docstring).
 
@@ -113,6 +116,9 @@ def unigrpo_update(
         reference: the frozen π_ref, required when `config.kl_reference == "ref"`.
         generator: draws the timesteps and the masks.
         max_grad_norm: clip the global gradient norm to this (0 = no clipping, the norm is still logged).
+        clip_grad: max_norm -> total norm, clipping in place (the trainer's sharding-aware clip); default
+            `torch.nn.utils.clip_grad_norm_` over the trainable parameters. A non-finite norm skips the step.
+        bf16: run the forwards under bf16 autocast (the trainer's `model.mixed_precision`).
     Returns:
         reward, accuracy (when the rollout has correctness), kept_fraction, skipped (1 when every group
         was dropped and no step was taken), and the loss stats (loss, ratio_mean, clip_fraction, kl,
@@ -136,17 +142,24 @@ def unigrpo_update(
     attention = None if rollout.attention_mask is None else rollout.attention_mask[rows]
     advantages = advantages[kept].to(ids.device)  # (B,)
     noised = inner_noise(ids, response, config, mask_id=mask_id, generator=generator)
-    logp_old = _frozen_logprobs(model, noised, ids, attention)  # before any update
-    logp_ref = (_frozen_logprobs(reference, noised, ids, attention) if config.kl_reference == "ref"
-                and reference is not None else [None] * len(noised))
+    autocast = torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=bf16)
+    with autocast:
+        logp_old = _frozen_logprobs(model, noised, ids, attention)  # before any update
+        logp_ref = (_frozen_logprobs(reference, noised, ids, attention) if config.kl_reference == "ref"
+                    and reference is not None else [None] * len(noised))
     params = [p for p in model.parameters() if p.requires_grad]
+    if clip_grad is None:
+        def clip_grad(max_norm: float) -> Tensor:
+            return torch.nn.utils.clip_grad_norm_(params, max_norm)
     for n, (batch, old, ref) in enumerate(zip(noised, logp_old, logp_ref)):
-        logp_new = masked_token_logprobs(model, batch.noisy, batch.is_masked, ids, attention)  # (N,)
-        out = unigrpo_loss(logp_new, old, advantages, batch.is_masked, clip_eps=config.clip_eps, beta=config.beta,
-                           logp_ref=ref)
+        with autocast:
+            logp_new = masked_token_logprobs(model, batch.noisy, batch.is_masked, ids, attention)  # (N,)
+        out = unigrpo_loss(logp_new.float(), old.float(), advantages, batch.is_masked, clip_eps=config.clip_eps,
+                           beta=config.beta, logp_ref=None if ref is None else ref.float())
         out.loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else math.inf)
-        optimizer.step()
+        norm = clip_grad(max_grad_norm if max_grad_norm > 0 else math.inf)
+        if math.isfinite(float(norm)):  # a non-finite gradient must not poison the weights: skip the step
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         stats = out.stats | {"loss": float(out.loss.detach()), "grad_norm": float(norm)}
         for suffix in (["first"] if n == 0 else []) + (["last"] if n == len(noised) - 1 else []):
@@ -154,42 +167,38 @@ def unigrpo_update(
     return metrics | {"skipped": 0.0}
 
 
-# ---- the loop --------------------------------------------------------------------------------------
-def _default_text() -> Overrides[TextSampling]:
-    return Overrides(TextSampling, temperature=RL_TEMPERATURE)
+# ---- what each RL step rolls out -------------------------------------------------------------------
+def _default_text() -> dict[str, Any]:
+    return {"temperature": RL_TEMPERATURE}
+
+
+def _default_short() -> dict[str, Any]:
+    """Short answers (VQA without thinking): 32 tokens in one block, as the world evaluation asks them."""
+    return {"temperature": RL_TEMPERATURE, "gen_length": 32, "steps": 16, "block_length": 32}
 
 
 @dataclass(frozen=True)
-class RLConfig:
-    """A UniGRPO run on the tiny world (`run_unigrpo`)."""
+class RLSection:
+    """What UniGRPO rolls out and how it scores it: the `rl:` section of a training stage (`rl.trainer`),
+    and the base of the in-memory `RLConfig`."""
 
     tasks: dict[str, float] = field(default_factory=lambda: {"arithmetic": 1.0})
     """Task mixture: each RL step rolls out one task, drawn with these weights (keys: rollout.RL_TASKS)."""
-    prompts_per_step: int = 4
+    prompts_per_step: int = 8
     """Q prompts per RL step, each answered G = unigrpo.group_size times (dLLM-RL: 32 tasks x 8)."""
-    steps: int = 50
-    """RL steps (dLLM-RL configs: `total_step` 50)."""
-    text: Overrides[TextSampling] = field(default_factory=_default_text)
-    """Rollout text-sampler overrides over the pipeline's defaults (temperature 0.8 as dLLM-RL)."""
-    image: Overrides[ImageSampling] = field(default_factory=lambda: Overrides(ImageSampling))
-    """Rollout image-sampler overrides over the pipeline's defaults."""
     preset: str | None = None
-    """A sampler preset ("fast", ...) applied under the overrides, e.g. for faster rollouts."""
+    """A sampler preset ("fast", ...) applied under the overrides below, e.g. for faster rollouts."""
     thinking: bool = False
     """Prefix text and VQA prompts with MMaDA's `<think>` instruction."""
+    text: dict[str, Any] = field(default_factory=_default_text)
+    """`TextSampling` fields over the pipeline's defaults for arithmetic, and for VQA when `thinking`
+    (temperature 0.8 as dLLM-RL's rollouts)."""
+    short: dict[str, Any] = field(default_factory=_default_short)
+    """`TextSampling` fields for short answers (VQA without thinking), as `WorldEvalConfig.short`."""
+    image: dict[str, Any] = field(default_factory=dict)
+    """`ImageSampling` fields over the pipeline's image defaults."""
     unigrpo: UniGRPOConfig = field(default_factory=UniGRPOConfig)
     """G, μ, ε, β, the KL reference, the timestep schedule and the group filter."""
-    lr: float = 1e-5
-    """Constant AdamW learning rate. dLLM-RL uses 1e-6 for 8B models; the tiny model needs more to move
-    within a few dozen steps (our choice, not a published value)."""
-    weight_decay: float = 0.0
-    """AdamW weight decay (dLLM-RL: 0)."""
-    max_grad_norm: float = 1.0
-    """Gradient clipping (dLLM-RL: 1.0)."""
-    seed: int = 0
-    """Seeds the prompts, the task draws, the rollouts and the masks."""
-    log_path: str | None = None
-    """Append one JSON line of metrics per step here; None = no file."""
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -201,15 +210,98 @@ class RLConfig:
                 raise ValueError(f"tasks[{task!r}] weight must be finite and >= 0, got {weight}")
         if sum(self.tasks.values()) <= 0:
             raise ValueError(f"tasks weights must not all be 0, got {self.tasks}")
-        for name in ("prompts_per_step", "steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.prompts_per_step < 1:
+            raise ValueError(f"prompts_per_step must be >= 1, got {self.prompts_per_step}")
+        self.overrides()  # unknown sampler fields are refused here, before any rollout
+
+    def overrides(self) -> tuple[Overrides[TextSampling], Overrides[TextSampling], Overrides[ImageSampling]]:
+        """The text, short-answer and image sampler overrides."""
+        return (Overrides(TextSampling, **self.text), Overrides(TextSampling, **self.short),
+                Overrides(ImageSampling, **self.image))
+
+
+@dataclass(frozen=True)
+class RLSamplers:
+    """The resolved sampler settings of the rollouts."""
+
+    text: TextSampling
+    short: TextSampling
+    image: ImageSampling
+
+    @classmethod
+    def of(cls, pipe: MMaDAPipeline, section: RLSection) -> RLSamplers:
+        text, short, image = section.overrides()
+        return cls(text.apply(pipe.text_settings(preset=section.preset)),
+                   short.apply(pipe.text_settings(preset=section.preset)),
+                   image.apply(pipe.image_settings(preset=section.preset)))
+
+
+class PromptSource:
+    """An endless, resumable stream of RL steps' prompts: step k draws its task (by the mixture weights)
+    and its `prompts_per_step` training prompts from a generator seeded by (seed, k), so a resumed run
+    draws exactly what the uninterrupted one would have. State: the next step."""
+
+    def __init__(self, section: RLSection, seed: int) -> None:
+        self.section, self.seed, self.step = section, seed, 0
+
+    def draw(self, step: int) -> WorldPrompts:
+        rng = random.Random(self.seed * 1_000_003 + step)
+        names, weights = list(self.section.tasks), list(self.section.tasks.values())
+        task = rng.choices(names, weights)[0]
+        return world_prompts(cast(RLTask, task), self.section.prompts_per_step, rng)
+
+    def __iter__(self) -> Iterator[WorldPrompts]:
+        while True:
+            prompts = self.draw(self.step)
+            self.step += 1
+            yield prompts
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.step = int(state["step"])
+
+
+@torch.no_grad()
+def roll_out(pipe: MMaDAPipeline, prompts: WorldPrompts, section: RLSection, samplers: RLSamplers,
+             generator: torch.Generator, *, bf16: bool = False) -> Rollout:
+    """G responses to each prompt from the current policy, in eval mode (restores the model's mode)."""
+    was_training = pipe.model.training
+    pipe.model.eval()
+    answers = samplers.short if prompts.task == "vqa" and not section.thinking else samplers.text
+    try:
+        with torch.autocast(pipe.device.type, dtype=torch.bfloat16, enabled=bf16):
+            return rollout_world(pipe, prompts, group_size=section.unigrpo.group_size, text=answers,
+                                 image=samplers.image, generator=generator, thinking=section.thinking)
+    finally:
+        pipe.model.train(was_training)
+
+
+# ---- the in-memory loop ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RLConfig(RLSection):
+    """A UniGRPO run on a pipeline in memory (`run_unigrpo`); the trainer's stage is `rl.trainer`."""
+
+    steps: int = 50
+    """RL steps (dLLM-RL configs: `total_step` 50)."""
+    lr: float = 1e-5
+    """Constant AdamW learning rate. dLLM-RL uses 1e-6 for 8B models."""
+    weight_decay: float = 0.0
+    """AdamW weight decay (dLLM-RL: 0)."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping (dLLM-RL: 1.0)."""
+    seed: int = 0
+    """Seeds the prompts, the task draws, the rollouts and the masks."""
+    log_path: str | None = None
+    """Append one JSON line of metrics per step here; None = no file."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be finite and > 0, got {self.lr}")
-        for name, kind in (("text", TextSampling), ("image", ImageSampling)):
-            value = getattr(self, name)
-            if not isinstance(value, Overrides) or value.kind is not kind:
-                raise ValueError(f"`{name}` must be Overrides({kind.__name__}, ...), got {value!r}")
 
 
 def _log(path: str | None, row: dict[str, Any]) -> None:
@@ -222,41 +314,36 @@ def _log(path: str | None, row: dict[str, Any]) -> None:
 
 
 def run_unigrpo(pipe: MMaDAPipeline, config: RLConfig) -> list[dict[str, Any]]:
-    """Train `pipe.model` in place with UniGRPO for `config.steps` RL steps.
+    """Train `pipe.model` in place with UniGRPO for `config.steps` RL steps (no run folder, no checkpoints;
+    `mmada train tiny_unigrpo` is the same step inside the trainer).
 
-    Per step: draw a task, sample `prompts_per_step` training prompts (seeded), roll out G responses
-    each in eval mode, then `unigrpo_update` in train mode. The reference model of Eq. 5 is a frozen
-    copy of the starting weights (only when `kl_reference == "ref"`).
+    Per step: the next prompts of a `PromptSource`, G responses each (`roll_out`), then `unigrpo_update`.
+    The reference model of Eq. 5 is a frozen copy of the starting weights (when `kl_reference == "ref"`).
 
     Returns:
         One metrics row per step: step, task, seconds, and `unigrpo_update`'s metrics (also appended to
         `config.log_path` as JSON lines).
     """
     model = pipe.model
-    text = config.text.apply(pipe.text_settings(preset=config.preset))
-    image = config.image.apply(pipe.image_settings(preset=config.preset))
+    samplers = RLSamplers.of(pipe, config)
     optimizer = build_optimizer(model, OptimConfig(lr=config.lr, weight_decay=config.weight_decay,
                                                    max_grad_norm=config.max_grad_norm))
     reference = None
     if config.unigrpo.kl_reference == "ref":
         reference = copy.deepcopy(model).eval().requires_grad_(False)
-    rng = random.Random(config.seed)
     sample_gen = torch.Generator(pipe.device).manual_seed(config.seed)
     mask_gen = torch.Generator(pipe.device).manual_seed(config.seed + 1)
-    names, weights = list(config.tasks), list(config.tasks.values())
+    prompts = iter(PromptSource(config, config.seed))
     rows: list[dict[str, Any]] = []
     for step in range(config.steps):
         start = time.perf_counter()
-        task = rng.choices(names, weights)[0]
-        prompts = world_prompts(cast(RLTask, task), config.prompts_per_step, rng)
-        model.eval()
-        rollout = rollout_world(pipe, prompts, group_size=config.unigrpo.group_size, text=text, image=image,
-                                generator=sample_gen, thinking=config.thinking)
+        batch = next(prompts)
+        rollout = roll_out(pipe, batch, config, samplers, sample_gen)
         model.train()
         metrics = unigrpo_update(model, rollout, config.unigrpo, optimizer, mask_id=pipe.vocab.mask_id,
                                  reference=reference, generator=mask_gen, max_grad_norm=config.max_grad_norm)
         model.eval()
-        row = {"step": step, "task": task, **metrics, "seconds": time.perf_counter() - start}
+        row = {"step": step, "task": batch.task, **metrics, "seconds": time.perf_counter() - start}
         _log(config.log_path, row)
         rows.append(row)
     return rows

@@ -52,6 +52,10 @@ logger = logging.getLogger(__name__)
 
 
 
+TrainerFactory = Callable[..., "Trainer"]
+"""(wrapped model, config, *, ctx, tokenizers, evaluate, preview) -> a `Trainer` (e.g. `rl.UniGRPOTrainer`)."""
+
+
 class NonFiniteLossError(ValueError):
     """Training diverged (NaN/inf loss or weights). A `ValueError`: the fix is a setting (learning rate,
     clipping, data), and the CLI reports it in one line with a non-zero exit code."""
@@ -75,7 +79,7 @@ class TrainResult:
 class Trainer:
     """Owns the optimizer, the scheduler, the masking generator and the step counter of one run."""
 
-    def __init__(self, model: MMaDAModel, objective: Objective, source: BatchSource, config: TrainConfig, *,
+    def __init__(self, model: MMaDAModel, objective: Objective | None, source: Any, config: TrainConfig, *,
                  ctx: Any = None, evaluate: EvalHook | None = None, preview: PreviewHook | None = None,
                  sinks: Sequence[MetricsSink] | None = None, assets: tuple[Path, ...] = ()) -> None:
         self.model, self.objective, self.source, self.config = model, objective, source, config
@@ -87,6 +91,8 @@ class Trainer:
         self.optimizer = build_optimizer(model, config.optim)
         self.scheduler = build_scheduler(self.optimizer, config.schedule)
         self.generator = torch.Generator(self.ctx.device).manual_seed(config.seed + self.ctx.rank)
+        self.generators: dict[str, torch.Generator] = {"masking": self.generator}
+        """Every generator a checkpoint saves and a resume restores (subclasses add theirs)."""
         self.bf16 = _use_bf16(self.ctx.device, config.model.mixed_precision)
         self.step, self._saved_step = 0, -1
         self._signal: int | None = None
@@ -101,6 +107,7 @@ class Trainer:
         start = time.perf_counter()
         # [mean total, per-task loss sums (n), per-task micro-batch counts (n), input tokens]: one all-reduce
         stats = torch.zeros(2 + 2 * n, device=device)
+        assert self.objective is not None, "a supervised step needs an objective"
         for micro in range(accum):
             batch = next(batches)
             # replicated weights: reduce the gradients once, after the last micro-batch (DDP's no_sync); sharded
@@ -208,7 +215,7 @@ class Trainer:
                                      f"not checkpointed. {self._last_good()} Lower `optim.lr` and check the data.")
         path = train_state.save_checkpoint(
             self.run_dir, self.step, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-            data_state=self.source.state_dict(), config=self.config.to_dict(), generators={"masking": self.generator},
+            data_state=self.source.state_dict(), config=self.config.to_dict(), generators=self.generators,
             keep_last=self.config.checkpoint.keep_last, assets=self.assets, collective=self._collective())
         self._saved_step = self.step
         logger.info("step %d: checkpoint %s", self.step, path)
@@ -221,7 +228,7 @@ class Trainer:
             logger.warning("no checkpoint in %s: starting from step 0", self.run_dir)
             return False
         state = train_state.load_checkpoint(latest, model=self.model, optimizer=self.optimizer,
-                                            scheduler=self.scheduler, generators={"masking": self.generator},
+                                            scheduler=self.scheduler, generators=self.generators,
                                             collective=self._collective())
         self.source.load_state_dict(state.data_state)
         self.step = self._saved_step = state.step
@@ -266,10 +273,13 @@ class Trainer:
 
 def run_training(config: TrainConfig, *, resume: bool = False, model: MMaDAModel | None = None,
                  source: BatchSource | None = None, evaluate: EvalHook | None = None,
-                 preview: PreviewHook | None = None, max_steps: int | None = None) -> TrainResult:
+                 preview: PreviewHook | None = None, max_steps: int | None = None,
+                 make_trainer: TrainerFactory | None = None) -> TrainResult:
     """Build the run `config` describes and train it. The caller seeds first (`seed_everything`).
 
-    `model` / `source` replace the configured ones (tests, notebooks). Without `resume`, a run folder that
+    `model` / `source` replace the configured ones (tests, notebooks). `make_trainer` builds another
+    kind of step over the same run set-up (lock, devices, wrapping, checkpoints): `mmada.rl` passes its
+    UniGRPO trainer, which draws prompts instead of reading `data`. Without `resume`, a run folder that
     already holds checkpoints is refused rather than overwritten; a folder another live run holds is refused
     (`RunLockedError`), and one that cannot be written is a `RunFolderError`, both before any weights load.
     """
@@ -287,7 +297,7 @@ def run_training(config: TrainConfig, *, resume: bool = False, model: MMaDAModel
         acquire_on_main(lock, agree=lambda ok: dist.agree(ok, ctx))
         model = (model if model is not None else build_model(config.model, ctx.device)).to(ctx.device)
         tokenizers = load_tokenizers(config.model, model, ctx.device)
-        if source is None:
+        if source is None and make_trainer is None:
             source = build_source(config.data, tokenizer=tokenizers.text, vocab=tokenizers.vocab,
                                   image_tokenizer=tokenizers.image, seed=config.seed, rank=ctx.rank,
                                   world_size=ctx.world_size)
@@ -301,8 +311,12 @@ def run_training(config: TrainConfig, *, resume: bool = False, model: MMaDAModel
             (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
         bf16 = _use_bf16(ctx.device, config.model.mixed_precision)
         wrapped = dist.wrap_model(model, ctx, fsdp=config.model.fsdp, mixed_precision=bf16)
-        trainer = Trainer(wrapped, MaskedDiffusionObjective(config.objective), source, config, ctx=ctx,
-                          evaluate=evaluate, preview=preview, assets=tokenizers.files)
+        if make_trainer is not None:
+            trainer = make_trainer(wrapped, config, ctx=ctx, tokenizers=tokenizers, evaluate=evaluate,
+                                   preview=preview)
+        else:
+            trainer = Trainer(wrapped, MaskedDiffusionObjective(config.objective), source, config, ctx=ctx,
+                              evaluate=evaluate, preview=preview, assets=tokenizers.files)
         return trainer.fit(resume=resume, max_steps=max_steps)
     finally:
         if lock is not None:
