@@ -1,11 +1,11 @@
 """The MMaDA recipe in miniature: train MMaDA-tiny on the tiny world, score it, and package it.
 
-    world tokenizers (committed) -> tiny_pretrain -> tiny_sft (mixed long-CoT)  -> export + scores
-                                                  -> tiny_sft_nocot (ablation) -> scores
+    world tokenizers (committed) -> tiny_pretrain -> tiny_sft (mixed long-CoT) -> tiny_unigrpo (RL) -> export
+                                                  -> tiny_sft_nocot (ablation)                         + scores
 
 Each stage is one of the shipped configs (`mmada/configs/train/tiny_*.yaml`) run by the one trainer,
 so the recipe is only glue: it chains the run folders, evaluates each stage on the world's fixed suite
-with the world's judges (`evaluation.world`), and writes the final SFT model as a self-contained
+with the world's judges (`evaluation.world`), and writes the final (post-RL) model as a self-contained
 checkpoint folder (weights in the release format, text tokenizer, `image_tokenizer/`,
 `mmada_pipeline.json` with sampler defaults, a model card with the scores).
 """
@@ -26,22 +26,25 @@ import torch
 from .evaluation.world import Results, WorldEvalConfig, compare_to_markdown, evaluate_world
 from .pipelines import MMaDAPipeline, PipelineSettings
 from .sampling import ImageSampling, Overrides, TextSampling
-from .training.config import load_config, resolve_asset
-from .training.trainer import run_training
+from .rl.trainer import RLTrainConfig, load_stage, rollout_settings, train_stage
+from .training.config import resolve_asset
 from .utils.device import seed_everything
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("pretrain", "sft", "sft_nocot")
+STAGES = ("pretrain", "sft", "unigrpo", "sft_nocot")
 STAGE_NAMES = {
     "pretrain": "after pretraining",
     "sft": "after mixed-CoT SFT",
     "sft_direct": "mixed-CoT SFT, asked without thinking",
     "sft_nocot": "SFT without CoT (ablation)",
+    "unigrpo": "after UniGRPO",
 }
 """Columns of the scores table; `sft_direct` is the SFT model asked for short answers (no thinking instruction)."""
 T2I_MAX_TEXT_LEN = 64
-CONFIGS = {"pretrain": "tiny_pretrain", "sft": "tiny_sft", "sft_nocot": "tiny_sft_nocot"}
+CONFIGS = {"pretrain": "tiny_pretrain", "sft": "tiny_sft", "sft_nocot": "tiny_sft_nocot", "unigrpo": "tiny_unigrpo"}
+INIT_FROM = {"sft": "pretrain", "sft_nocot": "pretrain", "unigrpo": "sft"}
+"""The stage each later stage starts from."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,10 @@ class RecipeConfig:
     """Optimizer steps of pretraining; None = the config's `schedule.max_steps`."""
     sft_steps: int | None = None
     """Optimizer steps of each SFT run; None = the config's."""
+    rl: bool = True
+    """Train the UniGRPO stage after the mixed-CoT SFT; the exported model is then the post-RL one."""
+    rl_steps: int | None = None
+    """RL steps of the UniGRPO stage; None = the config's."""
     ablation: bool = True
     """Also train the no-CoT SFT ablation (for the CoT-vs-no-CoT comparison)."""
     evaluate: bool = True
@@ -64,6 +71,9 @@ class RecipeConfig:
     """Cap per group (quick runs); None = all."""
     overrides: tuple[str, ...] = ()
     """`key=value` overrides applied to every stage."""
+    rl_overrides: tuple[str, ...] = ()
+    """Overrides of the UniGRPO stage only (`rl.*`, `pipeline.*`); `data.*` overrides skip that stage (it has
+    no data section: its prompts come from the world)."""
     pretrain_overrides: tuple[str, ...] = ()
     """Overrides of the pretraining stage only (e.g. `model.overrides.*`: the SFT stages inherit the model)."""
     export_dtype: str = "bfloat16"
@@ -88,17 +98,23 @@ class RecipeResult:
 def _stage_config(stage: str, recipe: RecipeConfig) -> Any:
     out = Path(recipe.out_dir)
     overrides = [f"log.run_dir={out / stage}", f"seed={recipe.seed}", f"log.progress={recipe.progress}"]
-    if stage != "pretrain":
-        overrides.append(f"model.init={out / 'pretrain'}")
-    steps = recipe.pretrain_steps if stage == "pretrain" else recipe.sft_steps
+    if stage in INIT_FROM:
+        overrides.append(f"model.init={out / INIT_FROM[stage]}")
+    steps = {"pretrain": recipe.pretrain_steps, "unigrpo": recipe.rl_steps}.get(stage, recipe.sft_steps)
     if steps is not None:
         overrides.append(f"schedule.max_steps={steps}")
-    extra = recipe.pretrain_overrides if stage == "pretrain" else ()
-    return load_config([CONFIGS[stage]], [*overrides, *recipe.overrides, *extra])
+    common = list(recipe.overrides)
+    extra = {"pretrain": recipe.pretrain_overrides, "unigrpo": recipe.rl_overrides}.get(stage, ())
+    if stage == "unigrpo":
+        common = [item for item in common if not item.startswith("data.")]
+    return load_stage([CONFIGS[stage]], [*overrides, *common, *extra])
 
 
 def pipeline_settings(config: Any) -> PipelineSettings:
-    """Sampler defaults for the exported model, from the SFT data layout (answers fit `gen_length`)."""
+    """Sampler defaults for the exported model, from the SFT data layout (answers fit `gen_length`); a
+    UniGRPO stage keeps the settings it rolled out with."""
+    if isinstance(config, RLTrainConfig):
+        return rollout_settings(config)
     data = config.data
     cot = getattr(data, "cot", False)  # world_sft with CoT traces
     gen = 128 if cot else 32  # reasoning traces need room; short answers do not
@@ -159,7 +175,9 @@ def model_card(config: Any, scores: dict[str, Results], seconds: dict[str, float
         "",
         "A tiny multimodal diffusion language model trained by `mmada recipe tiny` on the tiny world",
         "(procedural shapes scenes, real handwritten digits, arithmetic word problems) with the MMaDA recipe:",
-        "unified masked-token pretraining, then mixed long-CoT SFT. It is the package's built-in default model.",
+        "unified masked-token pretraining, then mixed long-CoT SFT"
+        + (", then UniGRPO reinforcement learning." if isinstance(config, RLTrainConfig) else ".")
+        + " It is the package's built-in default model.",
         "",
         f"Training time on this machine: {json.dumps({k: round(v) for k, v in seconds.items()})} seconds.",
         "",
@@ -204,13 +222,13 @@ def run_tiny_recipe(recipe: RecipeConfig, stages: Sequence[str] = STAGES) -> Rec
     scores: dict[str, Results] = {}
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    todo = [s for s in stages if s != "sft_nocot" or recipe.ablation]
+    todo = [s for s in stages if (s != "sft_nocot" or recipe.ablation) and (s != "unigrpo" or recipe.rl)]
     configs = {stage: _stage_config(stage, recipe) for stage in todo}
     for stage in todo:
         seed_everything(recipe.seed)
         t0 = time.perf_counter()
         logger.info("recipe: training %s", stage)
-        result = run_training(configs[stage])
+        result = train_stage(configs[stage])
         seconds[stage] = time.perf_counter() - t0
         if result.stopped_by is not None:
             raise RuntimeError(f"stage {stage} was stopped by {result.stopped_by}; rerun to resume it")
@@ -218,12 +236,13 @@ def run_tiny_recipe(recipe: RecipeConfig, stages: Sequence[str] = STAGES) -> Rec
                                 dtype=recipe.export_dtype)
         if recipe.evaluate:
             t0 = time.perf_counter()
-            scores[stage] = evaluate_stage(exported, recipe, thinking=stage == "sft")
+            thinking = stage == "sft" or (isinstance(configs[stage], RLTrainConfig) and configs[stage].rl.thinking)
+            scores[stage] = evaluate_stage(exported, recipe, thinking=thinking)
             if stage == "sft":  # the same model asked for short answers: what thinking itself adds
                 scores["sft_direct"] = evaluate_stage(exported, recipe, thinking=False)
             seconds[f"{stage} eval"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - start
-    final_stage = "sft" if "sft" in todo else todo[-1]
+    final_stage = next((s for s in ("unigrpo", "sft") if s in todo), todo[-1])
     final = export_model(out / final_stage, configs[final_stage], out / "mmada-tiny", scores, seconds,
                          dtype=recipe.export_dtype)
     (out / "scores.json").write_text(json.dumps({"scores": scores, "seconds": seconds}, indent=2), encoding="utf-8")

@@ -26,12 +26,13 @@ def cmd_consolidate(args: argparse.Namespace) -> int:
 
 
 def cmd_recipe(args: argparse.Namespace) -> int:
-    """Train MMaDA-tiny through the recipe: pretraining, mixed-CoT SFT, the no-CoT ablation, scores."""
+    """Train MMaDA-tiny through the recipe: pretraining, mixed-CoT SFT, UniGRPO, the no-CoT ablation, scores."""
     from ..recipe import RecipeConfig, run_tiny_recipe, scores_table
 
     if args.name != "tiny":
         raise ValueError(f"unknown recipe {args.name!r}; available: tiny")
     recipe = RecipeConfig(out_dir=str(args.out), pretrain_steps=args.pretrain_steps, sft_steps=args.sft_steps,
+                          rl=not args.no_rl, rl_steps=args.rl_steps,
                           ablation=not args.no_ablation, evaluate=not args.no_eval, eval_per_group=args.per_group,
                           eval_limit=args.limit, overrides=tuple(args.overrides), threads=args.threads,
                           seed=args.seed, progress=not args.quiet)
@@ -109,6 +110,8 @@ def add_training_commands(sub: Any) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/mmada-tiny"), help="run folder (default: runs/mmada-tiny)")
     p.add_argument("--pretrain-steps", type=_positive_int, default=None, help="override the pretraining steps")
     p.add_argument("--sft-steps", type=_positive_int, default=None, help="override the SFT steps")
+    p.add_argument("--rl-steps", type=_positive_int, default=None, help="override the UniGRPO steps")
+    p.add_argument("--no-rl", action="store_true", help="skip the UniGRPO stage (export the SFT model)")
     p.add_argument("--no-ablation", action="store_true", help="skip the no-CoT SFT ablation")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluations")
     p.add_argument("--per-group", type=_positive_int, default=50, help="evaluation examples per group (default: 50)")
