@@ -25,8 +25,8 @@ import torch
 
 from .evaluation.world import Results, WorldEvalConfig, compare_to_markdown, evaluate_world
 from .pipelines import MMaDAPipeline, PipelineSettings
-from .sampling import ImageSampling, Overrides, TextSampling
 from .rl.trainer import RLTrainConfig, load_stage, rollout_settings, train_stage
+from .sampling import ImageSampling, Overrides, TextSampling
 from .training.config import resolve_asset
 from .utils.device import seed_everything
 
