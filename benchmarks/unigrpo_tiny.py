@@ -48,7 +48,8 @@ def _value(text: str) -> object:
 def _config(args: argparse.Namespace, sets: list[str], log_path: str | None) -> RLConfig:
     unigrpo = UniGRPOConfig(group_size=args.group, inner_steps=args.inner)
     rl = RLConfig(tasks=_mixture(args.tasks), prompts_per_step=args.prompts, steps=args.steps, lr=args.lr,
-                  preset=args.preset, thinking=args.thinking, unigrpo=unigrpo, seed=args.seed, log_path=log_path)
+                  preset=args.preset, thinking=args.thinking, unigrpo=unigrpo, seed=args.seed, log_path=log_path,
+                  bf16=args.bf16)
     for item in sets:
         key, _, raw = item.partition("=")
         if key in UNIGRPO_KEYS:
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--preset", default="fast", help="rollout sampler preset")
     parser.add_argument("--thinking", action="store_true")
+    parser.add_argument("--bf16", action="store_true", help="rollouts and updates under bf16 autocast")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-limit", type=int, default=None, help="examples per evaluation group")
     parser.add_argument("--no-eval", action="store_true", help="reward curves only (the ablations)")

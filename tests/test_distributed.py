@@ -9,6 +9,7 @@ collective fails the test instead of blocking CI.
 from __future__ import annotations
 
 import ast
+import json
 import os
 import signal
 import subprocess
@@ -36,6 +37,7 @@ from mmada.training.distributed import (
 
 TESTS = Path(__file__).resolve().parent
 WORKER = TESTS / "_distributed_worker.py"
+RL_WORKER = TESTS / "_rl_distributed_worker.py"
 SRC = TESTS.parent / "src" / "mmada"
 TIMEOUT_S = 120
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK")
@@ -47,12 +49,12 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _launch(out: Path, *args: str, nproc: int) -> subprocess.Popen:
+def _launch(out: Path, *args: str, nproc: int, worker: Path = WORKER) -> subprocess.Popen:
     if nproc == 1:
-        cmd = [sys.executable, str(WORKER)]
+        cmd = [sys.executable, str(worker)]
     else:
         # --standalone: a local c10d rendezvous on a port the OS picks, so parallel runs never collide.
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(WORKER)]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(worker)]
     # A session of its own, so a hung run can be killed with its torchrun workers (see _kill).
     return subprocess.Popen(
         [*cmd, "--out", str(out), *args], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -66,7 +68,7 @@ def _kill(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _finish(proc: subprocess.Popen, out: Path) -> dict[str, torch.Tensor]:
+def _wait(proc: subprocess.Popen) -> None:
     try:
         log, _ = proc.communicate(timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -74,6 +76,10 @@ def _finish(proc: subprocess.Popen, out: Path) -> dict[str, torch.Tensor]:
         log, _ = proc.communicate()
         pytest.fail(f"worker timed out after {TIMEOUT_S} s:\n{log[-4000:]}")
     assert proc.returncode == 0, f"worker failed ({proc.returncode}):\n{log[-4000:]}"
+
+
+def _finish(proc: subprocess.Popen, out: Path) -> dict[str, torch.Tensor]:
+    _wait(proc)
     return load_file(str(out / "result.safetensors"))
 
 
@@ -143,6 +149,38 @@ def test_two_rank_variants(runs, tmp_path, flags):
     else:  # bf16 compute: close to fp32, not equal; master weights stay fp32
         assert 0 < abs(result["losses"][0] - single["losses"][0]) < 2e-2
         assert all(v.dtype == torch.float32 for v in _weights(result).values())
+
+
+# ---- UniGRPO: ranks share one replicated rollout and split its rows ---------------------------------
+def test_two_fsdp_ranks_take_the_same_unigrpo_steps_as_one_process(tmp_path):
+    """tests/_rl_distributed_worker.py: 3 RL steps of the tiny_unigrpo stage (shrunk rollouts, lr 1e-3)."""
+    from mmada.checkpoint.train_state import find_latest
+
+    single = _launch(tmp_path / "single", nproc=1, worker=RL_WORKER)
+    sharded = _launch(tmp_path / "sharded", nproc=2, worker=RL_WORKER)
+    try:
+        _wait(single)
+        _wait(sharded)
+    finally:
+        _kill(single)
+        _kill(sharded)
+    rows = {name: [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+            for name in ("single", "sharded")}
+    # the same prompts, rollouts and rewards (every rank rolls out the same batch), and the same updates
+    assert [r["reward"] for r in rows["sharded"]] == [r["reward"] for r in rows["single"]]
+    assert [r["skipped"] for r in rows["single"]].count(0.0) >= 2  # at least two real updates compared
+    for a, b in zip(rows["sharded"], rows["single"]):
+        assert a.get("kl_last", 0.0) == pytest.approx(b.get("kl_last", 0.0), rel=1e-4, abs=1e-6)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+    one = find_latest(tmp_path / "single")
+    two = find_latest(tmp_path / "sharded")
+    assert one is not None and two is not None and one.name == two.name == "step-000003"
+    single_weights = mmada.load_model(one / "model").state_dict()
+    sharded_weights = mmada.load_model(consolidate_to_release(two / "sharded", None, tmp_path / "release")).state_dict()
+    _assert_same_weights(sharded_weights, single_weights, atol=1e-5)
+    start = mmada.load_model(SRC / "assets" / "mmada-tiny").state_dict()
+    assert max((single_weights[k].float() - v.float()).abs().max().item() for k, v in start.items()) > 1e-4
 
 
 # ---- one process: no process group, every helper is the identity ----------------------------------

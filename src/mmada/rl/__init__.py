@@ -1,6 +1,6 @@
 """Reinforcement learning for MMaDA (§2.3): UniGRPO's objective pieces, rule-based rewards, rollouts and the loop."""
 
-from .loop import RLConfig, inner_noise, run_unigrpo, unigrpo_update
+from .loop import RLConfig, Shard, inner_noise, run_unigrpo, unigrpo_update
 from .objective import (
     UniGRPOConfig,
     UniGRPOLoss,
@@ -41,6 +41,7 @@ __all__ = [
     "RLConfig",
     "RewardMix",
     "Rollout",
+    "Shard",
     "UniGRPOConfig",
     "UniGRPOLoss",
     "WorldPrompts",

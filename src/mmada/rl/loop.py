@@ -94,6 +94,36 @@ def _rollout_metrics(rollout: Rollout, kept: Tensor) -> dict[str, float]:
     return metrics
 
 
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of an update that every rank computes on the same rollout (`unigrpo_update`).
+
+    Every rank holds the whole rollout and draws the same masks; rank r trains on the r-th contiguous
+    share of the kept rows and weights its loss by its share of them, so the gradients FSDP averages over
+    the ranks are those of the one-process loss over all kept rows. `reduce_sum` sums a tensor over the
+    ranks (the logged statistics); None in one process.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    reduce_sum: Callable[[Tensor], Tensor] | None = None
+
+    def rows(self, kept: int) -> tuple[Tensor, float]:
+        """This rank's rows of `kept` rows and its loss weight (share × world size: FSDP averages gradients).
+
+        A rank left without a row (fewer kept rows than ranks) still runs the forwards and backward of the
+        others, so the collectives line up: on row 0, with weight 0.
+        """
+        mine = torch.arange(kept).tensor_split(self.world_size)[self.rank]
+        if mine.numel() == 0:
+            return torch.zeros(1, dtype=torch.long), 0.0
+        return mine, mine.numel() * self.world_size / kept
+
+
+def _share(batch: MaskedBatch, rows: Tensor) -> MaskedBatch:
+    return MaskedBatch(batch.noisy[rows], batch.is_masked[rows], batch.p_mask[rows])
+
+
 def unigrpo_update(
     model: nn.Module,
     rollout: Rollout,
@@ -106,6 +136,7 @@ def unigrpo_update(
     max_grad_norm: float = 1.0,
     clip_grad: Callable[[float], Tensor] | None = None,
     bf16: bool = False,
+    shard: Shard | None = None,
 ) -> dict[str, float]:
     """μ UniGRPO gradient steps on one rollout batch (see the module docstring).
 
@@ -119,6 +150,7 @@ def unigrpo_update(
         clip_grad: max_norm -> total norm, clipping in place (the trainer's sharding-aware clip); default
             `torch.nn.utils.clip_grad_norm_` over the trainable parameters. A non-finite norm skips the step.
         bf16: run the forwards under bf16 autocast (the trainer's `model.mixed_precision`).
+        shard: this rank's share when several ranks update one replicated rollout (`Shard`); None = all.
     Returns:
         reward, accuracy (when the rollout has correctness), kept_fraction, skipped (1 when every group
         was dropped and no step was taken), and the loss stats (loss, ratio_mean, clip_fraction, kl,
@@ -141,7 +173,12 @@ def unigrpo_update(
     ids, response = rollout.input_ids[rows], rollout.response[rows]  # (B, L)
     attention = None if rollout.attention_mask is None else rollout.attention_mask[rows]
     advantages = advantages[kept].to(ids.device)  # (B,)
-    noised = inner_noise(ids, response, config, mask_id=mask_id, generator=generator)
+    noised = inner_noise(ids, response, config, mask_id=mask_id, generator=generator)  # every rank: all B rows
+    shard = shard or Shard()
+    mine, weight = shard.rows(ids.shape[0])
+    mine = mine.to(ids.device)
+    ids, advantages, noised = ids[mine], advantages[mine], [_share(b, mine) for b in noised]
+    attention = None if attention is None else attention[mine]
     autocast = torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=bf16)
     with autocast:
         logp_old = _frozen_logprobs(model, noised, ids, attention)  # before any update
@@ -156,15 +193,23 @@ def unigrpo_update(
             logp_new = masked_token_logprobs(model, batch.noisy, batch.is_masked, ids, attention)  # (N,)
         out = unigrpo_loss(logp_new.float(), old.float(), advantages, batch.is_masked, clip_eps=config.clip_eps,
                            beta=config.beta, logp_ref=None if ref is None else ref.float())
-        out.loss.backward()
+        (out.loss * weight).backward()
         norm = clip_grad(max_grad_norm if max_grad_norm > 0 else math.inf)
         if math.isfinite(float(norm)):  # a non-finite gradient must not poison the weights: skip the step
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        stats = out.stats | {"loss": float(out.loss.detach()), "grad_norm": float(norm)}
+        stats = _reduced(out.stats | {"loss": float(out.loss.detach())}, weight, shard) | {"grad_norm": float(norm)}
         for suffix in (["first"] if n == 0 else []) + (["last"] if n == len(noised) - 1 else []):
             metrics |= {f"{k}_{suffix}": v for k, v in stats.items()}
     return metrics | {"skipped": 0.0}
+
+
+def _reduced(stats: dict[str, float], weight: float, shard: Shard) -> dict[str, float]:
+    """Statistics over all ranks: each rank's value weighted by its share of the rows (exact for row means)."""
+    if shard.reduce_sum is None or shard.world_size == 1:
+        return stats
+    values = torch.tensor([v * weight / shard.world_size for v in stats.values()], dtype=torch.float64)
+    return dict(zip(stats, shard.reduce_sum(values).tolist()))
 
 
 # ---- what each RL step rolls out -------------------------------------------------------------------
@@ -295,6 +340,8 @@ class RLConfig(RLSection):
     """Seeds the prompts, the task draws, the rollouts and the masks."""
     log_path: str | None = None
     """Append one JSON line of metrics per step here; None = no file."""
+    bf16: bool = False
+    """Rollouts and updates under bf16 autocast (the trainer's `model.mixed_precision`)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -338,10 +385,11 @@ def run_unigrpo(pipe: MMaDAPipeline, config: RLConfig) -> list[dict[str, Any]]:
     for step in range(config.steps):
         start = time.perf_counter()
         batch = next(prompts)
-        rollout = roll_out(pipe, batch, config, samplers, sample_gen)
+        rollout = roll_out(pipe, batch, config, samplers, sample_gen, bf16=config.bf16)
         model.train()
         metrics = unigrpo_update(model, rollout, config.unigrpo, optimizer, mask_id=pipe.vocab.mask_id,
-                                 reference=reference, generator=mask_gen, max_grad_norm=config.max_grad_norm)
+                                 reference=reference, generator=mask_gen, max_grad_norm=config.max_grad_norm,
+                                 bf16=config.bf16)
         model.eval()
         row = {"step": step, "task": batch.task, **metrics, "seconds": time.perf_counter() - start}
         _log(config.log_path, row)

@@ -14,8 +14,14 @@ One optimizer step of the trainer is one RL step here:
 prompt cursor and both generators (sampling, masking); the frozen reference model of Eq. 5 is the
 starting weights, rebuilt from `model.init` on resume, so a resumed run continues exactly.
 
-One process only for now: ranks' rollouts stop early at different steps, so their forwards (and a
-sharded model's all-gathers) would not line up; a multi-process run is refused with that reason.
+Under torchrun (FSDP2 or replicated) every rank rolls out the *same* prompts with the same generator, so
+the ranks run identical forwards (a sharded model's all-gathers line up, even where sampling stops early)
+and hold the same rollout; the update is data-parallel: each rank trains on its share of the kept groups'
+rows under the same masks, weighted so that the averaged gradients are the one-process gradients
+(`loop.Shard`). A 2-rank run takes the same steps as one process (tests/test_distributed_rl.py). The
+rollouts are therefore replicated, not sharded: sharding them needs per-row random streams in the
+samplers (a batch's rows share one generator today), the next step for large runs. The reference model
+is an unsharded frozen replica on every rank.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from ..pipelines import PIPELINE_FILE, MMaDAPipeline, PipelineSettings
 from ..training.config import TrainConfig, load_config, resolve_init
 from ..training.trainer import Trainer, TrainResult, run_training
 from ..utils.config import build, merge, read_yaml, set_override
-from .loop import PromptSource, RLSamplers, RLSection, roll_out, unigrpo_update
+from .loop import PromptSource, RLSamplers, RLSection, Shard, roll_out, unigrpo_update
 from .rollout import WorldPrompts
 
 
@@ -94,9 +100,6 @@ class UniGRPOTrainer(Trainer):
 
     def __init__(self, model: MMaDAModel, config: RLTrainConfig, *, ctx: Any, tokenizers: Any,
                  evaluate: Any = None, preview: Any = None) -> None:
-        if ctx.world_size > 1:
-            raise ValueError("UniGRPO stages run in one process for now: ranks' rollouts stop at different "
-                             "steps, so their forwards would not line up. Launch without torchrun.")
         if tokenizers.text is None:
             raise ValueError("a UniGRPO stage needs `model.tokenizer` (rollouts are decoded and judged)")
         super().__init__(model, None, PromptSource(config.rl, config.seed), config, ctx=ctx, evaluate=evaluate,
@@ -107,10 +110,30 @@ class UniGRPOTrainer(Trainer):
         self.samplers = RLSamplers.of(self.pipe, config.rl)
         self.sampling = torch.Generator(self.ctx.device).manual_seed(config.seed + 1)
         self.generators["sampling"] = self.sampling
+        self.generator.manual_seed(config.seed)  # the same masks on every rank (`loop.Shard`)
+        self.shard = Shard(self.ctx.rank, self.ctx.world_size, self._reduce_sum)
+        if self.ctx.world_size > 1:
+            # FSDP2 allocates each block's unsharded weights at its first all-gather and copies into them ever
+            # after. Were that first gather inside the samplers' inference mode, they would be inference
+            # tensors and the training forward could not fill them: gather once outside it.
+            with torch.no_grad():
+                model(torch.zeros(1, 1, dtype=torch.long, device=self.ctx.device))
         # Eq. 5's π_ref: the starting weights, frozen (built before any resume loads the trained ones)
         self.reference = None
         if config.rl.unigrpo.kl_reference == "ref":
-            self.reference = copy.deepcopy(model).eval().requires_grad_(False)
+            self.reference = self._frozen_copy(model)
+
+    def _frozen_copy(self, model: MMaDAModel) -> MMaDAModel:
+        if self.ctx.world_size == 1:
+            return copy.deepcopy(model).eval().requires_grad_(False)
+        state = self.dist.full_state_dict(model, self.ctx, every_rank=True)  # collective
+        replica = MMaDAModel(model.config)
+        replica.load_state_dict(state)
+        return replica.to(self.ctx.device).eval().requires_grad_(False)
+
+    def _reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
+        mean = self.dist.all_reduce_mean(values.to(self.ctx.device), self.ctx)
+        return (mean * self.ctx.world_size).cpu()
 
     def train_step(self, batches: Iterator[Any]) -> dict[str, float]:
         """One RL step: roll out the next prompts, then μ UniGRPO updates; returns its metrics."""
@@ -123,7 +146,7 @@ class UniGRPOTrainer(Trainer):
         max_norm = self.config.optim.max_grad_norm
         out = unigrpo_update(self.model, rollout, self.section.unigrpo, self.optimizer,
                              mask_id=self.pipe.vocab.mask_id, reference=self.reference, generator=self.generator,
-                             max_grad_norm=max_norm, bf16=self.bf16,
+                             max_grad_norm=max_norm, bf16=self.bf16, shard=self.shard,
                              clip_grad=lambda norm: self.dist.clip_grad_norm(self.model, norm))
         self.scheduler.step()
         elapsed = time.perf_counter() - start

@@ -315,17 +315,18 @@ def clip_grad_norm(model: nn.Module, max_norm: float) -> Tensor:
     return norm.full_tensor() if isinstance(norm, DTensor) else norm
 
 
-def full_state_dict(model: nn.Module, ctx: DistributedContext) -> dict[str, Tensor]:
-    """A copy of the unsharded model weights on CPU, on rank 0 ({} on the other ranks).
+def full_state_dict(model: nn.Module, ctx: DistributedContext, *, every_rank: bool = False) -> dict[str, Tensor]:
+    """A copy of the unsharded model weights on CPU, on rank 0 ({} on the other ranks); with `every_rank`,
+    on every rank, on the model's device (a frozen replica, e.g. UniGRPO's reference model).
 
     Collective: every rank must call it. Keys are the plain `MMaDAModel` names.
     """
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    options = StateDictOptions(full_state_dict=True, cpu_offload=not every_rank)
     # A model's state dict holds tensors only (the declared value type also covers optimizer states).
     state = cast(dict[str, Tensor], get_model_state_dict(model, options=options))
-    if not ctx.is_main:
+    if not (ctx.is_main or every_rank):
         return {}
-    if ctx.device.type == "cpu":
+    if ctx.device.type == "cpu" or every_rank:
         # On CPU, "offloading" is a no-op: with one rank, or a replicated (fsdp=False) model, the
         # values are the live parameters themselves and the next optimizer step would change them.
         state = {k: v.detach().clone() for k, v in state.items()}
