@@ -7,16 +7,19 @@ import dataclasses
 import json
 import random
 from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 
 from mmada.pipelines import MMaDAPipeline
-from mmada.rl.loop import RLConfig, inner_noise, run_unigrpo, unigrpo_update
+from mmada.rl.loop import PromptSource, RLConfig, RLSamplers, inner_noise, roll_out, run_unigrpo, unigrpo_update
 from mmada.rl.objective import UniGRPOConfig
 from mmada.rl.rollout import (
     Rollout,
     arithmetic_reward,
+    gsm8k_reward,
     response_mask,
     rollout_t2i,
     rollout_text,
@@ -257,3 +260,37 @@ def test_run_unigrpo_logs_one_line_per_step(pipe, tmp_path):
     assert all({"reward", "accuracy", "kept_fraction", "skipped", "seconds"} <= set(row) for row in rows)
     assert rows[0]["skipped"] == 0.0 and rows[0]["ratio_mean_first"] == 1.0  # seeded: step 0 has reward spread
     assert not pipe.model.training
+
+
+# ---- GSM8K prompts from a local file (the paper's text RL data) ---------------------------------------
+GSM8K_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "train.jsonl"
+
+
+def test_gsm8k_reward_reads_the_reference_answer():
+    solution = "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n#### 72"
+    assert gsm8k_reward("<think> 48 + 24 = 72 </think> \\boxed{72}", solution) == (2.5, 1.0)
+    assert gsm8k_reward("It is 72.", solution) == (2.0, 1.0)
+    assert gsm8k_reward("<think> hmm </think> 71", solution) == (0.5, 0.0)
+
+
+def test_gsm8k_prompts_and_rollout_from_a_local_file(pipe):
+    section = RLConfig(tasks={"gsm8k": 1.0}, files={"gsm8k": str(GSM8K_TRAIN)}, prompts_per_step=2)
+    prompts = PromptSource(section, seed=0).draw(0)
+    assert prompts.task == "gsm8k" and len(prompts.prompts) == 2
+    assert all("####" in ref for ref in prompts.references)  # the references are GSM8K solutions
+    assert PromptSource(section, seed=0).draw(0) == prompts  # seeded by (seed, step)
+    rollout = roll_out(pipe, prompts, section, RLSamplers.of(pipe, replace(section, text=SMALL)), _gen())
+    assert rollout.task == "gsm8k" and rollout.input_ids.shape[0] == 2 * section.unigrpo.group_size
+
+
+def test_gsm8k_files_are_checked_up_front(tmp_path):
+    with pytest.raises(ValueError, match="files.gsm8k"):
+        RLConfig(tasks={"gsm8k": 1.0})
+    with pytest.raises(ValueError, match="does not exist"):
+        RLConfig(tasks={"gsm8k": 1.0}, files={"gsm8k": str(tmp_path / "missing.jsonl")})
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "1 + 1?", "answer": "#### 2"}\n{"question": "no answer"}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:2"):
+        RLConfig(tasks={"gsm8k": 1.0}, files={"gsm8k": str(bad)})
+    with pytest.raises(ValueError, match="only"):
+        RLConfig(tasks={"arithmetic": 1.0}, files={"arithmetic": str(bad)})

@@ -109,3 +109,19 @@ def test_cli_trains_a_unigrpo_stage(tmp_path, capsys):
     code = main(["train", "tiny_unigrpo", "--out", str(tmp_path / "cli"), "-q", *SMALL, "schedule.max_steps=1"])
     assert code == 0
     assert (tmp_path / "cli" / "step-000001" / "model" / "model.safetensors").is_file()
+
+
+def test_the_8b_shaped_stage_has_the_papers_and_dllm_rls_values():
+    gsm8k = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "train.jsonl"
+    with pytest.raises(ValueError, match="does not exist"):  # the placeholder is refused before any weights load
+        load_stage(["mmada8b_unigrpo"])
+    config = load_stage(["mmada8b_unigrpo"], [f"rl.files.gsm8k={gsm8k}"])
+    assert isinstance(config, RLTrainConfig) and config.rl.tasks == {"gsm8k": 1.0} and config.rl.thinking
+    assert (config.optim.lr, config.optim.weight_decay, config.schedule.max_steps) == (1e-6, 0.0, 50)
+    u = config.rl.unigrpo
+    assert (u.group_size, u.clip_eps, u.beta, u.kl_reference, u.min_accuracy, u.max_accuracy) == (
+        8, 0.2, 0.01, "old", 0.2, 0.8)
+    assert config.rl.prompts_per_step == 32 and config.rl.text == {"temperature": 0.8}
+    assert config.pipeline["text"] == {"gen_length": 512, "steps": 512, "block_length": 32,
+                                       "remasking": "low_confidence"}
+    assert config.model.mixed_precision == "bf16" and config.model.gradient_checkpointing

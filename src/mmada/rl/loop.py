@@ -41,6 +41,7 @@ from ..pipelines import MMaDAPipeline
 from ..sampling import ImageSampling, Overrides, TextSampling
 from ..training.config import OptimConfig
 from ..training.optim import build_optimizer
+from ..utils.config import REPLACE
 from .objective import (
     PositionDenoiser,
     UniGRPOConfig,
@@ -53,7 +54,10 @@ from .objective import (
     timesteps,
     unigrpo_loss,
 )
-from .rollout import RL_TASKS, RLTask, Rollout, WorldPrompts, rollout_world, world_prompts
+from .rollout import RL_TASKS, RLTask, Rollout, WorldPrompts, read_gsm8k, rollout_world, world_prompts
+
+DATA_TASKS = ("gsm8k",)
+"""RL tasks whose prompts come from a local file (`RLSection.files`) instead of the world's generators."""
 
 logger = logging.getLogger(__name__)
 
@@ -227,8 +231,9 @@ class RLSection:
     """What UniGRPO rolls out and how it scores it: the `rl:` section of a training stage (`rl.trainer`),
     and the base of the in-memory `RLConfig`."""
 
-    tasks: dict[str, float] = field(default_factory=lambda: {"arithmetic": 1.0})
-    """Task mixture: each RL step rolls out one task, drawn with these weights (keys: rollout.RL_TASKS)."""
+    tasks: dict[str, float] = field(default_factory=lambda: {"arithmetic": 1.0}, metadata={REPLACE: True})
+    """Task mixture: each RL step rolls out one task, drawn with these weights (keys: rollout.RL_TASKS). A
+    mixture in a stage file replaces this default whole."""
     prompts_per_step: int = 8
     """Q prompts per RL step, each answered G = unigrpo.group_size times (dLLM-RL: 32 tasks x 8)."""
     preset: str | None = None
@@ -242,6 +247,8 @@ class RLSection:
     """`TextSampling` fields for short answers (VQA without thinking), as `WorldEvalConfig.short`."""
     image: dict[str, Any] = field(default_factory=dict)
     """`ImageSampling` fields over the pipeline's image defaults."""
+    files: dict[str, str] = field(default_factory=dict)
+    """Local prompt files of the tasks that read data: `gsm8k` -> a GSM8K-format jsonl (its train split)."""
     unigrpo: UniGRPOConfig = field(default_factory=UniGRPOConfig)
     """G, μ, ε, β, the KL reference, the timestep schedule and the group filter."""
 
@@ -257,6 +264,14 @@ class RLSection:
             raise ValueError(f"tasks weights must not all be 0, got {self.tasks}")
         if self.prompts_per_step < 1:
             raise ValueError(f"prompts_per_step must be >= 1, got {self.prompts_per_step}")
+        for task in self.files:
+            if task not in DATA_TASKS:
+                raise ValueError(f"files[{task!r}]: only {DATA_TASKS} read prompt files")
+        for task in DATA_TASKS:
+            if self.tasks.get(task, 0) > 0:
+                if task not in self.files:
+                    raise ValueError(f"the {task} task reads a local file: set files.{task} (a {task}-format jsonl)")
+                read_gsm8k(self.files[task])  # a missing or malformed file is refused now, not at step k
         self.overrides()  # unknown sampler fields are refused here, before any rollout
 
     def overrides(self) -> tuple[Overrides[TextSampling], Overrides[TextSampling], Overrides[ImageSampling]]:
@@ -293,7 +308,7 @@ class PromptSource:
         rng = random.Random(self.seed * 1_000_003 + step)
         names, weights = list(self.section.tasks), list(self.section.tasks.values())
         task = rng.choices(names, weights)[0]
-        return world_prompts(cast(RLTask, task), self.section.prompts_per_step, rng)
+        return world_prompts(cast(RLTask, task), self.section.prompts_per_step, rng, self.section.files.get(task))
 
     def __iter__(self) -> Iterator[WorldPrompts]:
         while True:

@@ -24,10 +24,13 @@ Prompts come from the world's training-split generators (`world.data.iter_text` 
 
 from __future__ import annotations
 
+import functools
 import itertools
+import json
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, get_args
 
@@ -39,9 +42,9 @@ from ..pipelines import MMaDAPipeline
 from ..prompting import TokenLayout, build_mmu_gen_batch, build_text_gen_batch, encode_chat
 from ..sampling import ImageSampling, TextSampling, place_image, sample_t2i, sample_text
 from ..world.data import iter_t2i, iter_text, iter_vqa
-from .rewards import correctness_arithmetic, correctness_vqa, format_reward, t2i_compositional
+from .rewards import correctness_arithmetic, correctness_gsm8k, correctness_vqa, format_reward, t2i_compositional
 
-RLTask = Literal["arithmetic", "vqa", "t2i"]
+RLTask = Literal["arithmetic", "vqa", "t2i", "gsm8k"]
 RL_TASKS: tuple[RLTask, ...] = get_args(RLTask)
 TextReward = Callable[[str, Any], tuple[float, float]]
 """(completion, reference) -> (reward, correct in [0, 1])."""
@@ -53,7 +56,7 @@ class Rollout:
     """G sampled responses per prompt, as whole sequences, with their rewards. R = rows, L = length."""
 
     task: RLTask
-    """"arithmetic", "vqa" or "t2i"."""
+    """"arithmetic", "vqa", "t2i" or "gsm8k"."""
     input_ids: Tensor
     """(R, L) int64 prompt + response (t2i: the layout with the sampled image tokens)."""
     attention_mask: Tensor | None
@@ -121,35 +124,70 @@ def vqa_reward(completion: str, answer: Any) -> tuple[float, float]:
     return correctness + format_reward(completion), float(correctness > 0)
 
 
+def gsm8k_reward(completion: str, solution: Any) -> tuple[float, float]:
+    """Eq. 6 on GSM8K (the paper's text RL data): correctness (2.0, `rewards.correctness_gsm8k` against the
+    reference's `#### answer`) + format (0.5)."""
+    correctness = correctness_gsm8k(completion, solution)
+    return correctness + format_reward(completion), float(correctness > 0)
+
+
 # ---- prompts -----------------------------------------------------------------------------------------
-def _arithmetic_prompts(count: int, seed: int) -> WorldPrompts:
+@functools.lru_cache(maxsize=4)
+def read_gsm8k(path: str) -> tuple[tuple[str, str], ...]:
+    """(question, solution) pairs of a GSM8K-format jsonl (`{"question": ..., "answer": "... #### 72"}`)."""
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"GSM8K file {path!r} does not exist (rl.files.gsm8k: a local GSM8K-format jsonl)")
+    pairs = []
+    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            pairs.append((str(row["question"]), str(row["answer"])))
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise ValueError(f"{path}:{number}: not a GSM8K row with 'question' and 'answer' ({error})") from None
+    if not pairs:
+        raise ValueError(f"GSM8K file {path!r} holds no rows")
+    return tuple(pairs)
+
+
+def _gsm8k_prompts(count: int, seed: int, source: str | None) -> WorldPrompts:
+    if source is None:
+        raise ValueError("the gsm8k RL task reads a local file: set rl.files.gsm8k to a GSM8K-format jsonl")
+    rows = random.Random(seed).choices(read_gsm8k(source), k=count)
+    return WorldPrompts("gsm8k", [q for q, _ in rows], [a for _, a in rows])
+
+
+def _arithmetic_prompts(count: int, seed: int, source: str | None = None) -> WorldPrompts:
     text = list(itertools.islice(iter_text("train", seed, ARITHMETIC_STEPS), count))
     return WorldPrompts("arithmetic", [e.question for e in text], [int(e.answer) for e in text])
 
 
-def _vqa_prompts(count: int, seed: int) -> WorldPrompts:
+def _vqa_prompts(count: int, seed: int, source: str | None = None) -> WorldPrompts:
     vqa = list(itertools.islice(iter_vqa("train", seed), count))
     return WorldPrompts("vqa", [e.question for e in vqa], [e.answer for e in vqa], [e.image for e in vqa])
 
 
-def _t2i_prompts(count: int, seed: int) -> WorldPrompts:
+def _t2i_prompts(count: int, seed: int, source: str | None = None) -> WorldPrompts:
     t2i = list(itertools.islice(iter_t2i("train", seed), count))
     return WorldPrompts("t2i", [e.caption for e in t2i], [e.spec for e in t2i])
 
 
-def world_prompts(task: RLTask, count: int, rng: random.Random) -> WorldPrompts:
-    """`count` training-split prompts of `task`, drawn with `rng` (one seed per call).
+def world_prompts(task: RLTask, count: int, rng: random.Random, source: str | None = None) -> WorldPrompts:
+    """`count` training prompts of `task`, drawn with `rng` (one seed per call).
 
     Arithmetic: 1-3 step word problems (`world.arithmetic.sample_problem` via `iter_text`); VQA: shapes
     questions (`world.vqa.sample_vqa` via `iter_vqa`); t2i: compositional captions of every GenEval
     category (`iter_t2i`). The iterators keep only content that hashes into the train split, so no RL
-    prompt is ever an evaluation prompt.
+    prompt is ever an evaluation prompt. gsm8k: questions drawn with replacement from `source`, a local
+    GSM8K-format jsonl (its train split: the paper's text RL data, §2.3.2).
     """
     if task not in RL_TASK_TABLE:
         raise ValueError(f"task must be one of {RL_TASKS}, got {task!r}")
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
-    return RL_TASK_TABLE[task].prompts(count, rng.randrange(2**31))
+    return RL_TASK_TABLE[task].prompts(count, rng.randrange(2**31), source)
 
 
 # ---- text and VQA ------------------------------------------------------------------------------------
@@ -215,6 +253,7 @@ def rollout_text(
     generator: torch.Generator | None = None,
     thinking: bool = False,
     reward: TextReward = arithmetic_reward,
+    task: RLTask = "arithmetic",
 ) -> Rollout:
     """G responses to each question through the chat template, in one left-padded batch.
 
@@ -224,6 +263,7 @@ def rollout_text(
         settings: the sampler's settings; temperature must be > 0 (diverse groups).
         thinking: prefix MMaDA's `<think>` instruction (the pipeline's `thinking` flag).
         reward: (completion text, reference) -> (reward, correct).
+        task: the rollout's task name (arithmetic or gsm8k).
     Returns:
         A `Rollout` of R = Q * G rows.
     """
@@ -232,7 +272,7 @@ def rollout_text(
         raise ValueError(f"got {len(questions)} questions but {len(references)} references")
     ids = [encode_chat(pipe.tokenizer, [{"role": "user", "content": q}], thinking=thinking) for q in questions]
     layout = build_text_gen_batch(_repeat(ids, group_size), vocab=pipe.vocab)
-    return _text_rollout(pipe, "arithmetic", layout, _repeat(questions, group_size), _repeat(references, group_size),
+    return _text_rollout(pipe, task, layout, _repeat(questions, group_size), _repeat(references, group_size),
                          settings, group_size, generator, reward)
 
 
@@ -323,6 +363,12 @@ def _roll_arithmetic(pipe: MMaDAPipeline, p: WorldPrompts, group_size: int, text
                         thinking=thinking)
 
 
+def _roll_gsm8k(pipe: MMaDAPipeline, p: WorldPrompts, group_size: int, text: TextSampling,
+                image: ImageSampling, generator: torch.Generator | None, thinking: bool) -> Rollout:
+    return rollout_text(pipe, p.prompts, p.references, group_size=group_size, settings=text, generator=generator,
+                        thinking=thinking, reward=gsm8k_reward, task="gsm8k")
+
+
 def _roll_vqa(pipe: MMaDAPipeline, p: WorldPrompts, group_size: int, text: TextSampling,
               image: ImageSampling, generator: torch.Generator | None, thinking: bool) -> Rollout:
     return rollout_vqa(pipe, p.images or [], p.prompts, p.references, group_size=group_size, settings=text,
@@ -338,8 +384,8 @@ def _roll_t2i(pipe: MMaDAPipeline, p: WorldPrompts, group_size: int, text: TextS
 class RLTaskEntry:
     """How one RL task draws its training prompts and rolls them out."""
 
-    prompts: Callable[[int, int], WorldPrompts]
-    """(count, seed) -> training-split prompts."""
+    prompts: Callable[[int, int, str | None], WorldPrompts]
+    """(count, seed, source file or None) -> training prompts."""
     rollout: WorldRollout
     """(pipe, prompts, G, text settings, image settings, generator, thinking) -> rewarded `Rollout`."""
 
@@ -348,5 +394,6 @@ RL_TASK_TABLE: Mapping[str, RLTaskEntry] = MappingProxyType({
     "arithmetic": RLTaskEntry(_arithmetic_prompts, _roll_arithmetic),
     "vqa": RLTaskEntry(_vqa_prompts, _roll_vqa),
     "t2i": RLTaskEntry(_t2i_prompts, _roll_t2i),
+    "gsm8k": RLTaskEntry(_gsm8k_prompts, _roll_gsm8k),
 })
 """RL task -> its prompts and rollout; the one place that says what each task is."""

@@ -231,7 +231,7 @@ def _with_defaults(tp: Any, raw: Any, where: str) -> Any:
             if key not in hints:
                 raise _unknown_key([cls], path)
             default = _default(cls, key)
-            if isinstance(default, Mapping) and default and isinstance(value, Mapping):
+            if isinstance(default, Mapping) and default and isinstance(value, Mapping) and not _replaces(cls, key):
                 value = {**default, **value}  # a mapping overrides the default's keys
             out[key] = _with_defaults(hints[key], value, path)
         return out
@@ -241,6 +241,15 @@ def _with_defaults(tp: Any, raw: Any, where: str) -> Any:
         value_type = next((get_args(m)[1] for m in _members(tp) if len(get_args(m)) == 2), Any)
         return {k: _with_defaults(value_type, v, f"{where}.{k}") for k, v in raw.items()}
     return raw
+
+
+REPLACE = "replace"
+"""Field metadata key: `field(..., metadata={REPLACE: True})` makes a mapping given in a file or an override
+replace the field's default mapping whole (a task mixture) instead of updating its keys (sampler settings)."""
+
+
+def _replaces(cls: type, name: str) -> bool:
+    return bool(next(f for f in dataclasses.fields(cls) if f.name == name).metadata.get(REPLACE))
 
 
 def _default(cls: type, name: str) -> Any:
