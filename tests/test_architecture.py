@@ -19,7 +19,7 @@ LAYERS = {
     "pipelines": 5,
     "training": 6, "evaluation": 6, "rewards": 6, "rl": 6,
     "recipe": 7, "demo": 7,
-    "cli": 8, "serve": 8, "__main__": 8, "__init__": 8,
+    "cli": 8, "serving": 8, "__main__": 8, "__init__": 8,
 }
 # Samplers see the model only through the Denoiser protocol.
 FORBIDDEN = {"sampling": {"model", "checkpoint"}, "diffusion": {"model", "checkpoint"}}

@@ -451,11 +451,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing .safetensors files")
     p.set_defaults(func=cmd_convert)
     _add_generation_commands(sub)
+    from .serve import add_serve_command
     from .train import add_training_commands
     from .world import add_world_commands
 
     add_training_commands(sub)
     add_world_commands(sub)
+    add_serve_command(sub)
     _add_global_flags(parser, top=True)
     return parser
 
