@@ -39,3 +39,17 @@ print("yes" if any(n.startswith("nvidia-") for n in names) else "no")' "$report"
     fi
 fi
 "$PYTHON" -m pip install --quiet -e ".[dev]"
+
+# The browser test (tests/test_serve_browser.py) drives Debian's Chromium through Playwright, which never
+# downloads a browser: install the distribution's package where /usr/bin/chromium is missing (as root, or
+# through password-less sudo; otherwise the test fails and says how to install it).
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
+    as_root=""
+    [ "$(id -u)" -eq 0 ] || as_root="sudo -n"
+    echo "install.sh: installing Debian's chromium for the browser test"
+    if ! { $as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 ||
+           { $as_root apt-get update -qq >/dev/null 2>&1 &&
+             $as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; }; then
+        echo "install.sh: warning: could not install chromium (apt-get install chromium); the browser test will fail" >&2
+    fi
+fi
