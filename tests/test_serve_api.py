@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import re
+import socket
 import time
+from urllib.parse import urlsplit
 
 import numpy as np
 import openai
@@ -238,6 +241,21 @@ def test_a_client_that_leaves_cancels_its_work(client, url):
     reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "what is 7 + 5?"}],
                                            max_tokens=32)
     assert reply.choices[0].finish_reason in ("stop", "length")
+
+
+def test_a_dropped_non_streaming_request_is_cancelled_too(url):
+    before = _metric(url, "mmada_cancelled_requests_total")
+    body = json.dumps({"messages": [{"role": "user", "content": questions(1)[0]}], "max_tokens": 384,
+                       "steps": 384}).encode()
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port)) as sock:
+        sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        time.sleep(0.3)  # queued or running, then the client hangs up
+    deadline = time.monotonic() + 10
+    while _metric(url, "mmada_cancelled_requests_total") <= before:
+        assert time.monotonic() < deadline, "the server did not notice the client leaving"
+        time.sleep(0.05)
 
 
 def test_overload_answers_429_then_recovers(pipe):

@@ -16,7 +16,7 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -58,35 +58,59 @@ UNION_TYPES = {"str", "int", "float", "bool", "list", "dict", "none"}
 EDIT_FIELDS = 32  # most multipart fields an edit request may have
 
 
-class BodyLimit:
-    """ASGI middleware: read a request body up to `limit` bytes, refusing a larger one with 413 before any
-    route parses it (by its Content-Length when declared, by counting when streamed)."""
+class Gate:
+    """ASGI middleware in front of every route: the API key, the body limit, and the request metrics.
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    The body is read up to the limit (413 by its Content-Length when declared, by counting when chunked)
+    before any route parses it, then replayed to the app. Latency is taken when the app returns, so a
+    stream counts until its last event. (A pure ASGI middleware, not Starlette's BaseHTTPMiddleware, so that
+    routes still see the client's disconnect.)
+    """
+
+    def __init__(self, app: ASGIApp, server: Server) -> None:
+        self.app, self.server, self.limit = app, server, server.config.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope["headers"])
+        start, path, status = time.perf_counter(), scope["path"], 500
+
+        async def send_counted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            headers = dict(scope["headers"])
+            refusal = _check_auth(path, headers.get(b"authorization", b""), self.server.config.api_key)
+            if refusal is None and scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+                refusal, receive = await self._read_body(headers, receive)
+            if refusal is not None:
+                await _send_error(send_counted, refusal)
+                return
+            await self.app(scope, receive, send_counted)
+        finally:
+            route = path if path in ROUTES else "other"
+            self.server.metrics.requests.labels(route, str(status)).inc()
+            self.server.metrics.latency.labels(route).observe(time.perf_counter() - start)
+
+    async def _read_body(self, headers: dict[bytes, bytes], receive: Receive) -> tuple[ApiError | None, Receive]:
+        too_large = ApiError(413, f"the request body is larger than {self.limit} bytes", code="body_too_large")
         declared = headers.get(b"content-length", b"0")
         if not declared.isdigit() or int(declared) > self.limit:
-            await _send_error(send, ApiError(413, f"the request body is larger than {self.limit} bytes",
-                                             code="body_too_large"))
-            return
+            return too_large, receive
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return
+                return ApiError(400, "the client left before sending its body"), receive
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             more = message.get("more_body", False)
             if size > self.limit:
-                await _send_error(send, ApiError(413, f"the request body is larger than {self.limit} bytes",
-                                                 code="body_too_large"))
-                return
+                return too_large, receive
         body, replayed = b"".join(chunks), False
 
         async def replay() -> Message:
@@ -94,9 +118,9 @@ class BodyLimit:
             if not replayed:
                 replayed = True
                 return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()  # then wait for the disconnect, as the server would
+            return await receive()  # then the disconnect, when it comes
 
-        await self.app(scope, replay, send)
+        return None, replay
 
 
 async def _send_error(send: Send, err: ApiError) -> None:
@@ -199,13 +223,14 @@ class Server:
             self.metrics.cancelled.inc()
 
 
-def _check_auth(request: Request, key: str | None) -> None:
-    if key is None or request.url.path == "/" or request.url.path.startswith(PUBLIC[1:]):
-        return
-    given = request.headers.get("authorization", "")
-    scheme, _, token = given.partition(" ")
+def _check_auth(path: str, given: bytes, key: str | None) -> ApiError | None:
+    """None when the request may pass: no key is set, the path is the page's own, or the bearer key matches."""
+    if key is None or path == "/" or path.startswith(PUBLIC[1:]):
+        return None
+    scheme, _, token = given.decode("latin-1").partition(" ")
     if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), key.encode()):
-        raise ApiError(401, "missing or wrong API key: send `Authorization: Bearer <key>`", code="invalid_api_key")
+        return ApiError(401, "missing or wrong API key: send `Authorization: Bearer <key>`", code="invalid_api_key")
+    return None
 
 
 def create_app(pipe: MMaDAPipeline, config: ServeConfig | None = None) -> FastAPI:
@@ -224,24 +249,11 @@ def create_app(pipe: MMaDAPipeline, config: ServeConfig | None = None) -> FastAP
     _add_api_routes(app, server)
     _add_image_routes(app, server)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    app.add_middleware(BodyLimit, limit=server.config.max_body_bytes)
+    app.add_middleware(Gate, server=server)
     return app
 
 
 def _add_handlers(app: FastAPI, server: Server) -> None:
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        start, path = time.perf_counter(), request.url.path
-        route = path if path in ROUTES else "other"
-        try:
-            _check_auth(request, server.config.api_key)
-            response = await call_next(request)
-        except ApiError as err:
-            response = error_response(err)
-        server.metrics.requests.labels(route, str(response.status_code)).inc()
-        server.metrics.latency.labels(route).observe(time.perf_counter() - start)
-        return response
-
     @app.exception_handler(ApiError)
     async def api_error(request: Request, err: ApiError) -> JSONResponse:
         return error_response(err)
