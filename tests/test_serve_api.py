@@ -143,6 +143,27 @@ def test_concurrent_requests_are_batched_and_unchanged(url, pipe):
     assert new_requests == len(qs) and new_batches < len(qs)  # some shared a model call
 
 
+def test_concurrent_vision_requests_are_batched_and_unchanged(url, pipe):
+    examples = [vqa_example(seed) for seed in range(4)]
+    images = [Image.fromarray(e.image) for e in examples]
+
+    contents = [[{"type": "image_url", "image_url": {"url": data_url(image)}}, {"type": "text", "text": e.question}]
+                for image, e in zip(images, examples)]
+
+    async def ask_all():
+        async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0) as aclient:
+            replies = await asyncio.gather(*[aclient.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": content}]) for content in contents])
+        return [r.choices[0].message.content for r in replies]
+
+    batches, requests = _metric(url, "mmada_batch_requests_count"), _metric(url, "mmada_batch_requests_sum")
+    answers = asyncio.run(ask_all())
+    assert answers == [pipe.understand(image, e.question).text for image, e in zip(images, examples)]
+    new_batches = _metric(url, "mmada_batch_requests_count") - batches
+    new_requests = _metric(url, "mmada_batch_requests_sum") - requests
+    assert new_requests == len(examples) and new_batches < len(examples)
+
+
 def test_seeded_sampling_is_reproducible_under_load(client, url):
     q = questions(3)[2]
     args = {"model": MODEL, "messages": [{"role": "user", "content": q}], "temperature": 1.0, "seed": 123,
@@ -173,6 +194,28 @@ def test_images_equal_the_pipeline(client, pipe):
     assert [im.size for im in images] == [(pipe.resolution, pipe.resolution)] * 2
     direct = pipe.text_to_image(["a red circle"] * 2, generator=_gen(5), timesteps=6)
     assert all(np.array_equal(np.asarray(a.convert("RGB")), np.asarray(b)) for a, b in zip(images, direct))
+
+
+def test_unseeded_image_requests_share_a_batch(client, url):
+    batches, requests = _metric(url, "mmada_batch_requests_count"), _metric(url, "mmada_batch_requests_sum")
+    prompts = ["a red circle", "two blue squares", "a yellow triangle"]
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        replies = list(pool.map(lambda p: client.images.generate(model=MODEL, prompt=p), prompts))
+    assert all(decode_png(r.data[0].b64_json).size == (32, 32) for r in replies)
+    assert _metric(url, "mmada_batch_requests_sum") - requests == 3
+    assert _metric(url, "mmada_batch_requests_count") - batches < 3  # they shared a model call...
+    assert any(r.model_extra["seed"] is None for r in replies)  # ...so a shared row has no seed to replay
+
+
+def test_the_reported_seed_reproduces_the_answer(client):
+    args = {"model": MODEL, "messages": [{"role": "user", "content": questions(1)[0]}], "temperature": 1.0,
+            "max_tokens": 64, "extra_body": {"thinking": True}}
+    first = client.chat.completions.create(**args)
+    again = client.chat.completions.create(**args, seed=first.model_extra["seed"])
+    assert again.choices[0].message.content == first.choices[0].message.content
+    image = client.images.generate(model=MODEL, prompt="a red circle")
+    replay = client.images.generate(model=MODEL, prompt="a red circle", extra_body={"seed": image.model_extra["seed"]})
+    assert replay.data[0].b64_json == image.data[0].b64_json
 
 
 def test_image_streaming(client):

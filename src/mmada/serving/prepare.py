@@ -183,7 +183,8 @@ def prepare_completion(pipe: MMaDAPipeline, config: ServeConfig,
     prompt_tokens = 1 + sum(len(pipe.tokenizer.encode(part, parse_special=False)) for part in text.split(BLANK))
     _check_length(pipe, config, prompt_tokens, masks, "prompt")
     temperature = pipe.settings.text.temperature if body.temperature is None else float(body.temperature)
-    work = CompletionWork(text, span, blank_length, body.steps, temperature, _seed(body.seed), body.n,
+    steps = body.steps or max(masks // 2, 1)  # the pipeline's default: half the masked tokens
+    work = CompletionWork(text, span, blank_length, steps, temperature, _seed(body.seed), body.n,
                           _stops(body.stop), body.stream)
     return work, prompt_tokens
 

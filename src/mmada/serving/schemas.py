@@ -122,7 +122,8 @@ class ChatCompletion(_Response):
     choices: list[ChatChoice]
     usage: Usage
     seed: int | None = None
-    """Extension: the seed the sampler used (a request without one gets a random one)."""
+    """Extension: a seed that reproduces this answer when sent back (a request without one gets a random
+    one); null when the request shared a batch with random sampling (its noise came from the batch's)."""
 
 
 class Delta(_Response):
@@ -250,7 +251,7 @@ class ImagesResponse(_Response):
     data: list[ImageData]
     usage: ImageUsage | None = None
     seed: int | None = None
-    """Extension: the seed the sampler used."""
+    """Extension: a seed that reproduces these images when sent back; null when the request shared a batch."""
 
 
 class ImageStreamEvent(_Response):

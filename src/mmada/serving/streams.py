@@ -59,7 +59,7 @@ def chat_response(done: TextDone, meta: dict[str, Any], work: TextWork, prompt_t
     choices = [ChatChoice(index=i, message=AssistantMessage(content=answer.text),
                           finish_reason=answer.finish_reason)  # type: ignore[arg-type]
                for i, (_, answer) in enumerate(done.choices)]
-    return dump(ChatCompletion(**meta, choices=choices, usage=_usage(done, prompt_tokens), seed=work.seed))
+    return dump(ChatCompletion(**meta, choices=choices, usage=_usage(done, prompt_tokens), seed=done.seed))
 
 
 async def chat_events(events: AsyncIterator[Event], job: Job, meta: dict[str, Any], work: TextWork,
@@ -127,7 +127,7 @@ def _image_usage(pipe: MMaDAPipeline, work: ImageWork, output_tokens: int, image
 
 def image_response(done: ImageDone, work: ImageWork, pipe: MMaDAPipeline, image_tokens: int) -> dict[str, Any]:
     return dump(ImagesResponse(created=int(time.time()), data=[ImageData(b64_json=b64) for b64 in done.images],
-                               usage=_image_usage(pipe, work, done.output_tokens, image_tokens), seed=work.seed))
+                               usage=_image_usage(pipe, work, done.output_tokens, image_tokens), seed=done.seed))
 
 
 async def image_events(events: AsyncIterator[Event], job: Job, work: ImageWork, pipe: MMaDAPipeline, prefix: str,

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ..pipelines import MMaDAPipeline
+from ..pipelines import BLANK, MMaDAPipeline
 from ..prompting import build_mmu_gen_batch, build_text_gen_batch
 from ..sampling import ImageSampling, TextSampling
 from .images import to_png
@@ -59,7 +59,7 @@ class CompletionWork:
     text: str
     span: tuple[int, int] | None
     blank_length: int
-    steps: int | None
+    steps: int
     temperature: float
     seed: int
     n: int
@@ -103,6 +103,8 @@ class TextDone:
     """Per choice: the text not yet sent as a delta, and the answer."""
 
     choices: list[tuple[str, Answer]]
+    seed: int | None = None
+    """A seed that reproduces the answer when sent back (see `replay_seed`)."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,14 @@ class ImageProgress:
 class ImageDone:
     images: list[str]
     output_tokens: int
+    seed: int | None = None
+    """A seed that reproduces the images when sent back (see `replay_seed`)."""
+
+
+def replay_seed(job: Job, batch: Sequence[Job], deterministic: bool) -> int | None:
+    """The job's seed if sending it back reproduces the answer: when the job ran alone (its noise came from
+    its own generator) or its sampling uses no noise; None when it shared a batch with random sampling."""
+    return job.inputs.seed if len(batch) == 1 or deterministic else None
 
 
 # ---- streaming text -----------------------------------------------------------------------------
@@ -217,7 +227,8 @@ def run_text(pipe: MMaDAPipeline, metrics: Metrics, jobs: list[Job]) -> None:
         row = last.step.tokens[offset : offset + work.n, last.prompt_length :]
         done = [answer.finish(generated) for answer, generated in zip(answers, row)]
         metrics.add_tokens(sum(answer.tokens for _, answer in done))
-        job.send(Event("done", TextDone(done)))
+        deterministic = work.settings.temperature == 0 and work.settings.remasking == "low_confidence"
+        job.send(Event("done", TextDone(done, replay_seed(job, jobs, deterministic))))
 
 
 def run_completion(pipe: MMaDAPipeline, metrics: Metrics, jobs: list[Job]) -> None:
@@ -237,17 +248,18 @@ def run_completion(pipe: MMaDAPipeline, metrics: Metrics, jobs: list[Job]) -> No
             if work.stream:
                 delta, preview = _completion_update(stream, state, work)
                 choices = [("", "")] * index + [(delta, preview)]
-                job.send(Event("step", TextProgress(state.step.step, work.steps or 0, choices)))
+                job.send(Event("step", TextProgress(state.step.step, work.steps, choices)))
         if last is None:
             return
         if work.span is None:  # the whole text, blanks filled
             text = last.previews[0]
-            done.append(("" if work.stream else text, Answer(text, "length", work.blank_length)))
+            masks = work.text.count(BLANK) * work.blank_length
+            done.append(("" if work.stream else text, Answer(text, "length", masks)))
         else:
             start, length = work.span
             done.append(stream.finish(last.step.tokens[0, start : start + length]))
     metrics.add_tokens(sum(answer.tokens for _, answer in done))
-    job.send(Event("done", TextDone(done)))
+    job.send(Event("done", TextDone(done, work.seed)))
 
 
 def _completion_update(stream: AnswerStream, state: Any, work: CompletionWork) -> tuple[str, str]:
@@ -288,7 +300,7 @@ def run_images(pipe: MMaDAPipeline, metrics: Metrics, jobs: list[Job]) -> None:
     for (job, offset), work in zip(rows, works):
         images = [to_png(im) for im in pipe.decode_images(last.tokens[offset : offset + work.n])]
         metrics.add_images(len(images))
-        job.send(Event("done", ImageDone(images, last.tokens.shape[1] * work.n)))
+        job.send(Event("done", ImageDone(images, last.tokens.shape[1] * work.n, replay_seed(job, jobs, False))))
 
 
 def run_edit(pipe: MMaDAPipeline, metrics: Metrics, jobs: list[Job]) -> None:
@@ -312,4 +324,4 @@ def run_edit(pipe: MMaDAPipeline, metrics: Metrics, jobs: list[Job]) -> None:
             return
         finals.append(to_png(pipe.decode_images(last.tokens)[0]))
     metrics.add_images(len(finals))
-    job.send(Event("done", ImageDone(finals, pipe.num_image_tokens * work.n)))
+    job.send(Event("done", ImageDone(finals, pipe.num_image_tokens * work.n, work.seed)))

@@ -184,7 +184,7 @@ function showImage(prefix, name, ev, steps) {
       $("t2i-steps-strip").appendChild(img);
     }
   } else if (name.endsWith(".completed")) {
-    $(prefix + "-status").textContent = "done (" + steps + " steps)";
+    $(prefix + "-status").textContent = "done";
     $(prefix + "-image").dataset.final = "true";
     state.lastImage = src;
   }
