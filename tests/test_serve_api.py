@@ -9,8 +9,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import os
 import re
 import socket
+import subprocess
+import sys
 import time
 from urllib.parse import urlsplit
 
@@ -26,6 +29,7 @@ from serve_helpers import (
     builtin_pipe,
     data_url,
     decode_png,
+    free_port,
     http,
     live_server,
     png_bytes,
@@ -326,3 +330,30 @@ def test_health_and_metrics(url):
                  "mmada_request_latency_seconds_bucket"):
         assert name in text
     assert _metric(url, "mmada_generated_tokens_total") > 0
+
+
+def test_the_mmada_serve_command(tmp_path):
+    port = free_port()
+    env = {**os.environ, "MMADA_API_KEY": KEY, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "mmada", "serve", "--port", str(port), "--max-n", "2", "--preset", "fast",
+               "--image-timesteps", "4", "-q"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base, auth = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {KEY}"}
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if http("GET", f"{base}/health", headers=auth).status == 200:
+                    break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, process.stdout.read().decode()
+                time.sleep(0.2)
+        assert http("GET", f"{base}/v1/models").status == 401  # the key came from $MMADA_API_KEY
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key=KEY, max_retries=0)
+        with pytest.raises(openai.BadRequestError, match="<= 2"):
+            client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], n=3)
+        events = list(client.images.generate(model=MODEL, prompt="a red circle", stream=True, partial_images=8))
+        assert len(events) == 4  # --image-timesteps 4: three partial images before the final one
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
