@@ -14,6 +14,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from urllib.parse import urlsplit
 
@@ -24,6 +25,8 @@ import torch
 from PIL import Image
 
 from mmada.serving import ServeConfig
+from mmada.serving.metrics import Metrics
+from mmada.serving.scheduler import Job, QueueFull, Scheduler
 from serve_helpers import (
     MODEL,
     builtin_pipe,
@@ -357,3 +360,54 @@ def test_the_mmada_serve_command(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def _jobs_on_a_blocked_worker(specs, *, max_batch=4, queue_size=16):
+    """A scheduler whose first batch waits until all `specs` (kind, key, rows) are queued; returns the batches
+    it ran (as lists of job indices) and the scheduler."""
+    release, ran = threading.Event(), []
+
+    def runner(jobs):
+        release.wait(5)
+        ran.append([job.inputs for job in jobs])
+
+    scheduler = Scheduler({"a": runner, "b": runner}, queue_size=queue_size, max_batch=max_batch,
+                          batch_window_s=0.0, metrics=Metrics())
+    scheduler.start()
+    blocker = Job("a", None, 1, "blocker", lambda event: None, time.monotonic() + 30)
+    scheduler.submit(blocker)
+    while scheduler.depth:  # the worker holds the blocker
+        time.sleep(0.01)
+    for i, (kind, key, rows) in enumerate(specs):
+        scheduler.submit(Job(kind, key, rows, i, lambda event: None, time.monotonic() + 30))
+    release.set()
+    while scheduler.depth or scheduler.busy:
+        time.sleep(0.01)
+    scheduler.stop()
+    return ran[1:], scheduler
+
+
+def test_the_scheduler_batches_equal_keys_up_to_max_batch_rows():
+    specs = [("a", "k", 1), ("a", "k", 2), ("a", None, 1), ("b", "k", 1), ("a", "k", 2), ("a", "j", 1),
+             ("a", "k", 1)]
+    ran, _ = _jobs_on_a_blocked_worker(specs)
+    # oldest first; same kind and key join it while the rows fit (1 + 2 + 1 = 4); None and other keys wait
+    assert ran == [[0, 1, 6], [2], [3], [4], [5]]
+
+
+def test_the_scheduler_refuses_beyond_its_queue_and_answers_the_queue_at_shutdown():
+    release, events = threading.Event(), []
+    scheduler = Scheduler({"a": lambda jobs: release.wait(5)}, queue_size=2, max_batch=1, batch_window_s=0.0,
+                          metrics=Metrics())
+    scheduler.start()
+    jobs = [Job("a", None, 1, i, events.append, time.monotonic() + 30) for i in range(4)]
+    scheduler.submit(jobs[0])
+    while scheduler.depth:
+        time.sleep(0.01)
+    scheduler.submit(jobs[1])
+    scheduler.submit(jobs[2])
+    with pytest.raises(QueueFull):
+        scheduler.submit(jobs[3])
+    threading.Timer(0.2, release.set).start()  # the worker is still busy with job 0 when the server stops
+    scheduler.stop()
+    assert [(e.type, e.data.status) for e in events] == [("error", 503)] * 2  # jobs 1 and 2, still queued

@@ -104,9 +104,14 @@ class Scheduler:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop taking jobs; the queued ones are answered 503, the running batch finishes its step."""
         with self._ready:
             self._stopping = True
+            pending, self._pending = list(self._pending), deque()
             self._ready.notify_all()
+        for job in pending:
+            job.send(Event("error", ApiError(503, "the server is shutting down", code="shutting_down")))
+            job.cancel()
         if self._thread is not None:
             self._thread.join(timeout=30)
 
