@@ -115,6 +115,9 @@ def test_vision_equals_the_pipeline(client, pipe):
     reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": content}])
     assert reply.choices[0].message.content == pipe.understand(image, example.question).text
     assert reply.usage.prompt_tokens > pipe.num_image_tokens
+    content[0]["image_url"]["url"] = data_url(image).split(",", 1)[1]  # bare base64 works too
+    again = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": content}])
+    assert again.choices[0].message.content == reply.choices[0].message.content
 
 
 def test_n_choices_and_stop(client):
