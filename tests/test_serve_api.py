@@ -10,12 +10,14 @@ import asyncio
 import concurrent.futures
 import json
 import os
+import random
 import re
 import socket
 import subprocess
 import sys
 import threading
 import time
+from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -27,6 +29,7 @@ from PIL import Image
 from mmada.serving import ServeConfig
 from mmada.serving.metrics import Metrics
 from mmada.serving.scheduler import Job, QueueFull, Scheduler
+from mmada.serving.work import AnswerStream
 from serve_helpers import (
     MODEL,
     builtin_pipe,
@@ -414,3 +417,42 @@ def test_the_scheduler_refuses_beyond_its_queue_and_answers_the_queue_at_shutdow
     threading.Timer(0.2, release.set).start()  # the worker is still busy with job 0 when the server stops
     scheduler.stop()
     assert [(e.type, e.data.status) for e in events] == [("error", 503)] * 2  # jobs 1 and 2, still queued
+
+
+class _BytePipe:
+    """The parts of a pipeline `AnswerStream` reads, over a byte-level vocabulary: token t < 256 is byte t, so a
+    prefix can end inside a multi-byte character, as with a BPE tokenizer."""
+
+    MASK, EOS, EOT = 300, 301, 302
+
+    def __init__(self):
+        self.vocab = SimpleNamespace(mask_id=self.MASK, eos_id=self.EOS, eot_id=self.EOT)
+        self.tokenizer = SimpleNamespace(decode=lambda ids: bytes(t for t in ids if t < 256).decode(errors="replace"))
+
+    def preview(self, generated):
+        return "".join("░" if t == self.MASK else chr(t) if t < 128 else "?" for t in generated.tolist())
+
+
+def test_streamed_deltas_always_add_up_to_the_answer():
+    """Random answers (spaces, two-byte characters, stop strings, an EOS), committed block by block in random
+    order within each block as the sampler does: the deltas are always a prefix and add up to the answer."""
+    rng, pipe = random.Random(0), _BytePipe()
+    pieces = [b"a", b"b", b" ", b"ab", "é".encode(), "€".encode(), b"  "]
+    for _ in range(400):
+        body = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+        tokens = list(body)[:24] + [rng.choice([pipe.EOS, pipe.EOT, 97])] + [rng.randrange(256) for _ in range(8)]
+        tokens = tokens[:32]
+        stops = rng.sample(["b", "ab", "a b", "é", "bb a", " a"], rng.randint(0, 3))
+        stream = AnswerStream(pipe, stops, max_tokens=rng.choice([32, 20, 8]))
+        current, sent = [pipe.MASK] * len(tokens), ""
+        for start in range(0, len(tokens), 4):
+            block = list(range(start, min(start + 4, len(tokens))))
+            rng.shuffle(block)
+            for position in block:
+                current[position] = tokens[position]
+                delta, preview = stream.update(torch.tensor(current))
+                sent += delta
+                assert len(preview) <= len(tokens)
+        rest, answer = stream.finish(torch.tensor(tokens))
+        assert sent + rest == answer.text, (tokens, stops)
+        assert not any(stop in answer.text for stop in stops)

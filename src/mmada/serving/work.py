@@ -169,9 +169,9 @@ class AnswerStream:
         safe = len(text) - self.hold if committed < end else len(text)
         text, stopped = self._cut(text)
         if len(text) > safe:
-            text, stopped = text[:safe].rstrip(REPLACEMENT), False
+            text, stopped = text[:safe], False
         if committed < end and not stopped:
-            text = text.rstrip()  # the final answer is stripped, unless more text follows the spaces
+            text = text.rstrip(REPLACEMENT).rstrip()  # the final answer is stripped, unless more text follows
         delta = text[len(self.sent) :] if text.startswith(self.sent) else ""
         self.sent += delta
         return delta, preview
