@@ -301,7 +301,7 @@ def _add_api_routes(app: FastAPI, server: Server) -> None:
     async def models() -> dict[str, Any]:
         return ModelList(data=[ModelCard(id=config.model_name, created=server.created)]).model_dump()
 
-    @app.get("/v1/models/{model}")
+    @app.get("/v1/models/{model:path}")
     async def model(model: str) -> dict[str, Any]:
         check_model(model, config)
         return ModelCard(id=config.model_name, created=server.created).model_dump()
