@@ -53,5 +53,6 @@ def test_scaled_down_recipe_produces_every_artefact(tmp_path):
     assert table in (folder / "README.md").read_text()
     header, _, *rows = table.splitlines()
     assert header == ("| task | group | after pretraining | after mixed-CoT SFT "
-                      "| mixed-CoT SFT, asked without thinking | after UniGRPO | SFT without CoT (ablation) |")
+                      "| mixed-CoT SFT, asked without thinking | after UniGRPO | UniGRPO, asked without thinking "
+                      "| SFT without CoT (ablation) |")
     assert any(row.startswith("| arithmetic | 3 steps | ") for row in rows) and len(rows) > 30

@@ -39,8 +39,10 @@ STAGE_NAMES = {
     "sft_direct": "mixed-CoT SFT, asked without thinking",
     "sft_nocot": "SFT without CoT (ablation)",
     "unigrpo": "after UniGRPO",
+    "unigrpo_direct": "UniGRPO, asked without thinking",
 }
-"""Columns of the scores table; `sft_direct` is the SFT model asked for short answers (no thinking instruction)."""
+"""Columns of the scores table; `sft_direct` / `unigrpo_direct` are those models asked for short answers (no
+thinking instruction; UniGRPO's only when it trained with thinking, else its own column is the direct one)."""
 T2I_MAX_TEXT_LEN = 64
 CONFIGS = {"pretrain": "tiny_pretrain", "sft": "tiny_sft", "sft_nocot": "tiny_sft_nocot", "unigrpo": "tiny_unigrpo"}
 INIT_FROM = {"sft": "pretrain", "sft_nocot": "pretrain", "unigrpo": "sft"}
@@ -238,8 +240,8 @@ def run_tiny_recipe(recipe: RecipeConfig, stages: Sequence[str] = STAGES) -> Rec
             t0 = time.perf_counter()
             thinking = stage == "sft" or (isinstance(configs[stage], RLTrainConfig) and configs[stage].rl.thinking)
             scores[stage] = evaluate_stage(exported, recipe, thinking=thinking)
-            if stage == "sft":  # the same model asked for short answers: what thinking itself adds
-                scores["sft_direct"] = evaluate_stage(exported, recipe, thinking=False)
+            if thinking:  # the same model asked for short answers: what thinking itself adds
+                scores[f"{stage}_direct"] = evaluate_stage(exported, recipe, thinking=False)
             seconds[f"{stage} eval"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - start
     final_stage = next((s for s in ("unigrpo", "sft") if s in todo), todo[-1])
