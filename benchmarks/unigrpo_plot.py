@@ -20,13 +20,22 @@ def curves(paths: list[Path]) -> dict[str, list[dict]]:
     """Run name -> its metrics rows, from unigrpo_tiny.py result files (.json) or run logs (.jsonl)."""
     runs: dict[str, list[dict]] = {}
     for path in paths:
-        if path.suffix == ".jsonl":  # a run's own log, as it grows (`RLConfig.log_path`)
-            runs[path.stem] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if path.suffix == ".jsonl":  # a run's own log as it grows: `RLConfig.log_path` or a trainer's metrics.jsonl
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            runs[path.parent.name if path.stem == "metrics" else path.stem] = [_plain(r) for r in rows]
             continue
         data = json.loads(path.read_text())
         for name, entry in data["variants"].items():
             runs[name if len(paths) == 1 else f"{path.stem}:{name}"] = entry["rows"]
     return runs
+
+
+def _plain(row: dict) -> dict:
+    """A trainer metrics row (`reward/<task>`, steps from 1) as a `run_unigrpo` row (`task`, steps from 0)."""
+    if "task" in row:
+        return row
+    task = next(key.split("/", 1)[1] for key in row if key.startswith("reward/"))
+    return {**row, "task": task, "step": row["step"] - 1}
 
 
 def moving_average(values: list[float], window: int) -> list[float]:
