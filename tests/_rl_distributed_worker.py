@@ -19,6 +19,7 @@ from mmada.utils.device import seed_everything
 TINY = Path(__file__).resolve().parents[1] / "src" / "mmada" / "assets" / "mmada-tiny"
 SETTINGS = [
     f"model.init={TINY}", "model.mixed_precision=none", "device=cpu", "rl.tasks={arithmetic: 1.0, vqa: 1.0}",
+    "rl.thinking=false",  # short answers: 16 tokens hold no <think> trace, and every group would score 0
     "rl.prompts_per_step=3", "rl.unigrpo.group_size=4", "rl.unigrpo.inner_steps=2",
     "rl.text={gen_length: 16, steps: 8, block_length: 16, temperature: 1.0}",
     "rl.short={gen_length: 8, steps: 4, block_length: 8, temperature: 1.0}",
