@@ -27,11 +27,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..pipelines import MMaDAPipeline
+from ..pipelines import MMaDAPipeline, TextResult
 from ..sampling import ImageSampling, Overrides, TextSampling
 from ..world import evaluation_suite
 from ..world.data import EvaluationSuite
 from ..world.judges import score_arithmetic, score_digit, score_format, score_t2i, vqa_exact_match
+from .records import Meter, Run, metered
 
 logger = logging.getLogger(__name__)
 
@@ -110,13 +111,26 @@ class WorldEvaluator:
 
     def __init__(self, pipe: MMaDAPipeline, config: WorldEvalConfig | None = None, progress: bool = False) -> None:
         self.pipe, self.config, self.progress = pipe, config or WorldEvalConfig(), progress
+        self.meter = Meter()
+        self.outputs: list[dict[str, Any]] = []
+        """One record per item: task, group, input, reference, output, verdict (`mmada eval world`'s jsonl)."""
         self._text = self.config.text.apply(pipe.settings.text)
         self._short = self.config.short.apply(pipe.settings.text)
         self._image = self.config.image.apply(pipe.settings.image)
 
     def run(self, suite: EvaluationSuite | None = None) -> Results:
         suite = suite or evaluation_suite(per_group=self.config.per_group)
-        return {task: getattr(self, task)(suite) for task in self.config.tasks}
+        with metered(self.pipe.model, self.meter):
+            return {task: getattr(self, task)(suite) for task in self.config.tasks}
+
+    def _record(self, task: str, group: Any, given: str, reference: Any, output: str, score: float) -> float:
+        self.outputs.append({"task": task, "group": str(group), "input": given, "reference": str(reference),
+                             "output": output, "score": score})
+        return score
+
+    def _texts(self, results: Sequence[TextResult]) -> Sequence[TextResult]:
+        self.meter.add_text([r.tokens for r in results], self.pipe.vocab.mask_id)
+        return results
 
     def _bar(self, items: Sequence[_T], desc: str) -> Iterable[Sequence[_T]]:
         batches = list(_batches(items, self.config.batch_size))
@@ -127,10 +141,12 @@ class WorldEvaluator:
         scores: dict[str, list[float]] = defaultdict(list)
         formats: list[float] = []
         for batch in self._bar(items, "arithmetic"):
-            results = self.pipe.generate_batch([e.question for e in batch], thinking=self.config.thinking,
-                                               sampling=self._text)
+            results = self._texts(self.pipe.generate_batch([e.question for e in batch], thinking=self.config.thinking,
+                                                           sampling=self._text))
             for example, result in zip(batch, results):
-                scores[f"{example.num_steps} steps"].append(score_arithmetic(result.text, int(example.answer)))
+                group = f"{example.num_steps} steps"
+                scores[group].append(self._record("arithmetic", group, example.question, example.answer, result.text,
+                                                  score_arithmetic(result.text, int(example.answer))))
                 formats.append(score_format(result.text))
         out = _summary(scores)
         out["think format"] = float(np.mean(formats)) if formats else 0.0
@@ -141,15 +157,17 @@ class WorldEvaluator:
         settings = self._text if self.config.thinking else self._short  # a trace needs room
         scores: dict[str, list[float]] = defaultdict(list)
         for batch in self._bar(items, "vqa"):
-            results = self.pipe.understand_batch([e.image for e in batch], [e.question for e in batch],
-                                                 thinking=self.config.thinking, sampling=settings)
+            results = self._texts(self.pipe.understand_batch([e.image for e in batch], [e.question for e in batch],
+                                                             thinking=self.config.thinking, sampling=settings))
             for example, result in zip(batch, results):
-                scores[example.qtype].append(vqa_exact_match(result.answer, example.answer))
+                scores[example.qtype].append(self._record("vqa", example.qtype, example.question, example.answer,
+                                                          result.text, vqa_exact_match(result.answer, example.answer)))
         return _summary(scores)
 
     def _generate_images(self, captions: Sequence[str], index: int) -> list[np.ndarray]:
         generator = torch.Generator(self.pipe.device).manual_seed(self.config.seed * 100003 + index)
         images = self.pipe.text_to_image(list(captions), generator=generator, sampling=self._image)
+        self.meter.add_images(len(images))
         return [np.asarray(image.convert("RGB")) for image in images]
 
     def t2i(self, suite: EvaluationSuite) -> dict[str, float]:
@@ -157,7 +175,10 @@ class WorldEvaluator:
         scores: dict[str, list[float]] = defaultdict(list)
         for i, batch in enumerate(self._bar(items, "t2i")):
             for example, image in zip(batch, self._generate_images([e.caption for e in batch], i)):
-                scores[example.spec.category].append(float(bool(score_t2i(image, example.spec))))
+                verdict = score_t2i(image, example.spec)
+                scores[example.spec.category].append(self._record("t2i", example.spec.category, example.caption,
+                                                                  example.caption, "; ".join(verdict.reasons),
+                                                                  verdict.score))
         return _summary(scores, overall="macro")
 
     def digit_t2i(self, suite: EvaluationSuite) -> dict[str, float]:
@@ -165,23 +186,37 @@ class WorldEvaluator:
         scores: dict[str, list[float]] = defaultdict(list)
         for i, batch in enumerate(self._bar(items, "digit t2i")):
             for example, image in zip(batch, self._generate_images([e.caption for e in batch], 10_000 + i)):
-                scores[str(example.label)].append(score_digit(image, example.label))
+                scores[str(example.label)].append(self._record("digit_t2i", example.label, example.caption,
+                                                               example.label, "", score_digit(image, example.label)))
         return _summary(scores)
 
     def digit_recognition(self, suite: EvaluationSuite) -> dict[str, float]:
         items = _limited(suite.digit_recognition, lambda e: e.label, self.config.limit)
         scores: dict[str, list[float]] = defaultdict(list)
         for batch in self._bar(items, "digit recognition"):
-            results = self.pipe.understand_batch([e.image for e in batch], [e.question for e in batch],
-                                                 sampling=self._short)
+            results = self._texts(self.pipe.understand_batch([e.image for e in batch], [e.question for e in batch],
+                                                             sampling=self._short))
             for example, result in zip(batch, results):
-                scores[str(example.label)].append(vqa_exact_match(result.answer, example.answer))
+                scores[str(example.label)].append(self._record("digit_recognition", example.label, example.question,
+                                                               example.answer, result.text,
+                                                               vqa_exact_match(result.answer, example.answer)))
         return _summary(scores)
 
 
 def evaluate_world(pipe: MMaDAPipeline, config: WorldEvalConfig | None = None, *, progress: bool = False) -> Results:
     """Score `pipe` on the world's evaluation suite: {task: {group: accuracy, ..., "overall": ...}}."""
     return WorldEvaluator(pipe, config, progress).run()
+
+
+def world_run(pipe: MMaDAPipeline, config: WorldEvalConfig | None = None, *, progress: bool = False) -> Run:
+    """The suite as an evaluation record (`mmada eval world`): scores, per-item outputs, settings, cost."""
+    evaluator = WorldEvaluator(pipe, config, progress)
+    scores = evaluator.run()
+    config = evaluator.config
+    settings = {"tasks": list(config.tasks), "per_group": config.per_group, "limit": config.limit,
+                "thinking": config.thinking, "text": evaluator._text, "short": evaluator._short,
+                "image": evaluator._image}
+    return Run("world", scores, evaluator.outputs, settings, evaluator.meter)
 
 
 def results_to_markdown(results: Results) -> str:

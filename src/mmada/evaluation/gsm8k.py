@@ -1,0 +1,131 @@
+"""GSM8K (Cobbe et al. 2021) from a local jsonl: zero- or few-shot, with or without thinking.
+
+The data is any GSM8K-format jsonl (`{"question": ..., "answer": "... #### 72"}`; the real test set is
+at `../shared/data/gsm8k/test.jsonl` in this project's tests and docs). Nothing is downloaded.
+
+Prompt: `template` with `{question}` (default: the bare question, as the paper's lm-eval runs), after
+`shots` worked examples taken from the start of `fewshot_path` (default: `train.jsonl` beside the data
+file), each rendered as "Question: ...\\nAnswer: <reference solution>" — so the model sees the `#### N`
+convention. The whole prompt is one user turn of the chat template; `thinking` adds MMaDA's thinking
+instruction.
+
+Scoring is the RL reward's (`mmada.rl.rewards`): the answer is the text after the last `####`, else
+the last `\\boxed{}`, else the last number after `</think>`; compared numerically with the reference's
+`####` answer. So a GSM8K reward that went up and a GSM8K score that went up measure the same thing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from tqdm import tqdm
+
+from ..pipelines import MMaDAPipeline
+from ..rl.rewards import correctness_gsm8k, gsm8k_answer
+from ..rl.rollout import read_gsm8k
+from ..sampling import Overrides, TextSampling
+from ..world.judges import score_format
+from .records import Meter, Run, metered
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class Gsm8kConfig:
+    """What to evaluate and how to prompt and sample."""
+
+    path: Path
+    """A GSM8K-format jsonl (`question`, `answer` with a final `#### N`)."""
+    limit: int | None = None
+    """Keep the first `limit` items (None: all)."""
+    shots: int = 0
+    """Worked examples before the question (the paper's lm-eval GSM8K is few-shot; the tiny model's
+    512-token context holds none)."""
+    fewshot_path: Path | None = None
+    """Where the worked examples come from (default: `train.jsonl` beside `path`)."""
+    template: str = "{question}"
+    """The question's prompt; must contain `{question}` (e.g. "{question}\\nPut the final answer in \\\\boxed{{}}.")."""
+    thinking: bool = False
+    """Ask in MMaDA's thinking mode (`<think>` reasoning, then the answer)."""
+    batch_size: int = 8
+    """Questions per sampler call (exact-mode answers do not depend on it: tested)."""
+    seed: int = 0
+    """Seeds one generator per batch (only used when sampling at temperature > 0)."""
+    text: Overrides[TextSampling] = field(default_factory=lambda: Overrides(TextSampling))
+    """Sampler overrides applied over the pipeline's text defaults."""
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"`limit` must be >= 1 or None, got {self.limit}")
+        if self.shots < 0 or self.batch_size < 1:
+            raise ValueError(f"`shots` must be >= 0 and `batch_size` >= 1, got {self.shots} and {self.batch_size}")
+        if "{question}" not in self.template:
+            raise ValueError(f"`template` must contain '{{question}}', got {self.template!r}")
+
+
+def fewshot_prefix(examples: Sequence[tuple[str, str]]) -> str:
+    """Worked examples as "Question: q\\nAnswer: solution" blocks, each followed by a blank line."""
+    return "".join(f"Question: {q}\nAnswer: {a}\n\n" for q, a in examples)
+
+
+def build_prompt(question: str, template: str, prefix: str) -> str:
+    """The user turn: worked examples, then the templated question (after "Question:" when there are shots)."""
+    body = template.format(question=question)
+    return f"{prefix}Question: {body}\nAnswer:" if prefix else body
+
+
+def _fewshot_examples(config: Gsm8kConfig) -> list[tuple[str, str]]:
+    if config.shots == 0:
+        return []
+    source = config.fewshot_path or config.path.with_name("train.jsonl")
+    examples = list(read_gsm8k(str(source)))
+    if len(examples) < config.shots:
+        raise ValueError(f"{source} holds {len(examples)} examples, fewer than shots={config.shots}")
+    return examples[: config.shots]
+
+
+def _batches(items: Sequence[_T], size: int) -> Iterable[tuple[int, Sequence[_T]]]:
+    for index, start in enumerate(range(0, len(items), size)):
+        yield index, items[start : start + size]
+
+
+def evaluate_gsm8k(pipe: MMaDAPipeline, config: Gsm8kConfig, *, progress: bool = False) -> Run:
+    """Answer every question; score accuracy, the share with an extractable answer, and (thinking) the
+    share in the `<think>…</think> answer` format."""
+    items = list(read_gsm8k(str(config.path)))[: config.limit]
+    prefix = fewshot_prefix(_fewshot_examples(config))
+    settings = config.text.apply(pipe.settings.text)
+    meter, outputs = Meter(), []
+    batches = list(_batches(items, config.batch_size))
+    with metered(pipe.model, meter):
+        for index, batch in tqdm(batches, desc="gsm8k", unit="batch", disable=not progress, leave=False):
+            prompts = [build_prompt(q, config.template, prefix) for q, _ in batch]
+            generator = torch.Generator(pipe.device).manual_seed(config.seed * 100003 + index)
+            results = pipe.generate_batch(prompts, thinking=config.thinking, sampling=settings, generator=generator)
+            meter.add_text([r.tokens for r in results], pipe.vocab.mask_id)
+            for offset, ((question, solution), result) in enumerate(zip(batch, results)):
+                outputs.append(_item(index * config.batch_size + offset, question, solution, result.text))
+    return Run("gsm8k", {"gsm8k": _scores(outputs, config.thinking)}, outputs,
+               {"data": str(config.path), "limit": config.limit, "shots": config.shots,
+                "fewshot_path": None if not config.shots else str(config.fewshot_path or
+                                                                   config.path.with_name("train.jsonl")),
+                "template": config.template, "thinking": config.thinking, "text": settings}, meter)
+
+
+def _item(index: int, question: str, solution: str, output: str) -> dict[str, Any]:
+    return {"index": index, "question": question, "reference": gsm8k_answer(solution), "output": output,
+            "extracted": gsm8k_answer(output), "correct": correctness_gsm8k(output, solution) > 0,
+            "think_format": bool(score_format(output))}
+
+
+def _scores(outputs: Sequence[dict[str, Any]], thinking: bool) -> dict[str, float]:
+    count = max(len(outputs), 1)
+    scores = {"accuracy": sum(o["correct"] for o in outputs) / count,
+              "answered": sum(o["extracted"] is not None for o in outputs) / count}
+    if thinking:
+        scores["think format"] = sum(o["think_format"] for o in outputs) / count
+    return scores
