@@ -111,26 +111,29 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 # ---- generation commands ---------------------------------------------------------------------------
-def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, title: str, section: str) -> None:
+def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, title: str, section: str,
+                         prefix: str = "") -> None:
     """One optional flag per sampler field (default None = the model's mmada_pipeline.json `section`).
 
     The help shows the default of the built-in model, read from its mmada_pipeline.json (a key it lacks
-    falls back to the settings class's default, as the pipeline does).
+    falls back to the settings class's default, as the pipeline does). `prefix` ("image") names the flags
+    `--image-<field>` with dest `image_<field>`, for commands that take text and image settings.
     """
     group = parser.add_argument_group(title, f"Defaults: the model's {PIPELINE_FILE} ({section!r}); shown: "
                                       f"those of the built-in {DEFAULT_MODEL}.")
     docs = field_docs(cls)
     builtin = _builtin_defaults().get(section)
     for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
+        dest = f"{prefix}_{f.name}" if prefix else f.name
+        flag = "--" + dest.replace("_", "-")
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "str")
         default = builtin.get(f.name, f.default) if isinstance(builtin, dict) else f.default
         if "bool" in kind:
-            group.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
+            group.add_argument(flag, dest=dest, default=None, action=argparse.BooleanOptionalAction,
                                help=f"{docs.get(f.name, '')} (default: {default})")
         else:
             convert = int if kind.startswith("int") else float if "float" in kind else str
-            group.add_argument(flag, dest=f.name, type=convert, default=None, metavar=f.name.upper(),
+            group.add_argument(flag, dest=dest, type=convert, default=None, metavar=f.name.upper(),
                                help=f"{docs.get(f.name, '')} (default: {default})")
 
 
@@ -302,27 +305,6 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    """Score a model on the tiny world's fixed evaluation suite."""
-    from ..evaluation.world import WorldEvalConfig, evaluate_world, results_to_markdown, save_results
-    from ..sampling import IMAGE_PRESETS, PRESETS, ImageSampling, Overrides, TextSampling
-
-    pipe = _pipeline(args)
-    text = Overrides(TextSampling, **(PRESETS[args.preset] if args.preset else {}), temperature=0.0)
-    image = Overrides(ImageSampling, **(IMAGE_PRESETS[args.preset] if args.preset else {}))
-    config = WorldEvalConfig(
-        tasks=tuple(args.tasks.split(",")) if args.tasks else WorldEvalConfig.tasks,
-        per_group=args.per_group, limit=args.limit, batch_size=args.batch_size, thinking=args.thinking,
-        text=text, short=text, image=image, seed=args.seed or 0,
-    )
-    results = evaluate_world(pipe, config, progress=not args.quiet)
-    print(results_to_markdown(results))
-    if args.output is not None:
-        save_results(results, str(args.output))
-        print(f"wrote {args.output}")
-    return 0
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     """Show every capability on a model (the built-in MMaDA-tiny by default), checked by the world's judges."""
     from ..demo import run_demo
@@ -403,18 +385,6 @@ def _add_generation_commands(sub: Any) -> None:
     _add_dataclass_flags(p, ImageSampling, "image sampling", "image")
     p.set_defaults(func=cmd_inpaint)
 
-    p = sub.add_parser("eval", help="score a model on the tiny world's evaluation suite")
-    p.add_argument("--tasks", default=None, help="comma-separated subset of arithmetic,vqa,t2i,digit_t2i,"
-                   "digit_recognition (default: all)")
-    p.add_argument("--per-group", type=_positive_int, default=50, help="examples per group (default: 50)")
-    p.add_argument("--limit", type=_positive_int, default=None, help="keep only this many per group (quick checks)")
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="prompts per sampler call (default: 32)")
-    p.add_argument("--thinking", action="store_true", help="ask reasoning questions in thinking mode")
-    p.add_argument("-o", "--output", type=Path, default=None, help="write the results as JSON")
-    _add_preset_flag(p)
-    _add_model_flags(p)
-    p.set_defaults(func=cmd_eval)
-
     p = sub.add_parser("demo", help="show every capability on the built-in model, with the judges' verdicts")
     p.add_argument("-o", "--output", type=Path, default=Path("mmada-demo"), help="output folder (default: mmada-demo)")
     _add_model_flags(p)
@@ -451,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing .safetensors files")
     p.set_defaults(func=cmd_convert)
     _add_generation_commands(sub)
+    from .evaluate import add_eval_commands
     from .serve import add_serve_command
     from .train import add_training_commands
     from .world import add_world_commands
@@ -458,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_commands(sub)
     add_world_commands(sub)
     add_serve_command(sub)
+    add_eval_commands(sub)
     _add_global_flags(parser, top=True)
     return parser
 
@@ -478,10 +450,21 @@ def _check_text(args: argparse.Namespace) -> None:
                 raise ValueError(f"argument {flag}: not valid UTF-8 text ({text!r})") from None
 
 
+def _dests(parser: argparse.ArgumentParser) -> set[str]:
+    """Every option's dest in the parser and its sub-commands (`mmada eval gsm8k --gen-length`)."""
+    dests = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                dests |= _dests(child)
+        else:
+            dests.add(action.dest)
+    return dests
+
+
 def _name_flags(message: str, parser: argparse.ArgumentParser) -> str:
     """Library errors name parameters (`gen_length`); on the command line, name the flag (--gen-length)."""
-    flags = {a.dest for sp in parser._subparsers._group_actions for p in sp.choices.values()  # type: ignore[union-attr]
-             for a in p._actions}
+    flags = _dests(parser)
     return re.sub(r"`(\w+)`", lambda m: f"`--{m.group(1).replace('_', '-')}`" if m.group(1) in flags else m.group(0),
                   message)
 
@@ -510,7 +493,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         message, code = describe_error(err)
-        print(f"mmada {args.command}: error: {_name_flags(message, parser)}", file=sys.stderr)
+        command = " ".join(filter(None, (args.command, getattr(args, "runner", None))))
+        print(f"mmada {command}: error: {_name_flags(message, parser)}", file=sys.stderr)
         return code
 
 

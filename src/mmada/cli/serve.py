@@ -53,13 +53,7 @@ def add_serve_command(sub: Any) -> None:
     _add_model_flags(p)
     _add_preset_flag(p)
     _add_dataclass_flags(p, TextSampling, "text sampling", "text")
-    group = p.add_argument_group("image sampling", "Defaults: the model's (see `mmada t2i --help`).")
-    docs = field_docs(ImageSampling)
-    for f in dataclasses.fields(ImageSampling):
-        kind = f.type if isinstance(f.type, str) else "str"
-        convert = int if kind.startswith("int") else float if "float" in kind else str
-        group.add_argument(f"--image-{f.name.replace('_', '-')}", dest=f"image_{f.name}", type=convert,
-                           default=None, metavar=f.name.upper(), help=docs.get(f.name, ""))
+    _add_dataclass_flags(p, ImageSampling, "image sampling", "image", prefix="image")
     limits = p.add_argument_group("limits", "Requests beyond these are refused with a 4xx naming the field.")
     limit_docs = field_docs(ServeConfig)
     for f in dataclasses.fields(ServeConfig):

@@ -29,7 +29,7 @@ from ..rl.rewards import correctness_gsm8k, gsm8k_answer
 from ..rl.rollout import read_gsm8k
 from ..sampling import Overrides, TextSampling
 from ..world.judges import score_format
-from .records import Meter, Run, metered
+from .records import Meter, Run, data_record, metered
 
 _T = TypeVar("_T")
 
@@ -110,7 +110,7 @@ def evaluate_gsm8k(pipe: MMaDAPipeline, config: Gsm8kConfig, *, progress: bool =
             for offset, ((question, solution), result) in enumerate(zip(batch, results)):
                 outputs.append(_item(index * config.batch_size + offset, question, solution, result.text))
     return Run("gsm8k", {"gsm8k": _scores(outputs, config.thinking)}, outputs,
-               {"data": str(config.path), "limit": config.limit, "shots": config.shots,
+               {"data": data_record(config.path, len(items)), "limit": config.limit, "shots": config.shots,
                 "fewshot_path": None if not config.shots else str(config.fewshot_path or
                                                                    config.path.with_name("train.jsonl")),
                 "template": config.template, "thinking": config.thinking, "text": settings}, meter)

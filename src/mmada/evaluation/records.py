@@ -161,7 +161,8 @@ def environment(model_path: str | os.PathLike[str] | None, *, model: torch.nn.Mo
         "package": {"name": "mmada", "version": __version__, "git_commit": git_commit()},
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "host": platform.machine() + " " + platform.processor(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
