@@ -179,6 +179,8 @@ def add_eval_commands(sub: Any) -> None:
     _run_flags(r, 32)
     _add_preset_flag(r)
     _add_model_flags(r)
+    _add_dataclass_flags(r, TextSampling, "text sampling (every text task)", "text")
+    _add_dataclass_flags(r, ImageSampling, "image sampling (t2i, digit t2i)", "image", prefix="image")
     r.set_defaults(func=cmd_world)
 
     r = runners.add_parser("gsm8k", help="GSM8K from a local jsonl ({question, answer with #### N})")
