@@ -189,7 +189,7 @@ def model_card(config: Any, scores: dict[str, Results], seconds: dict[str, float
         json.dumps(arch, indent=1) if arch else "(config.json not available)",
         "```",
         "",
-        "## Scores on the world's evaluation suite (`mmada eval`)",
+        "## Scores on the world's evaluation suite (`mmada eval world`)",
         "",
         scores_table(scores) if scores else "(not evaluated)",
     ]

@@ -217,7 +217,7 @@ class LogConfig:
     eval_tasks: tuple[str, ...] = ("arithmetic", "vqa", "t2i", "digit_t2i", "digit_recognition")
     """Tasks of the default evaluation (`evaluation.world.TASKS`)."""
     eval_limit: int = 4
-    """Examples per group of the default evaluation (a quick signal; `mmada eval` runs the full suite)."""
+    """Examples per group of the default evaluation (a quick signal; `mmada eval world` runs the full suite)."""
 
     def __post_init__(self) -> None:
         if not self.run_dir:
