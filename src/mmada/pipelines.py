@@ -308,6 +308,30 @@ class MMaDAPipeline:
         ids = [encode_chat(self.tokenizer, [{"role": "user", "content": p}], thinking=thinking) for p in prompts]
         return self._finish_all(self._iter_text(build_text_gen_batch(ids, vocab=self.vocab), settings, generator))
 
+    def complete_batch(self, texts: Sequence[str], *, parse_special: bool = False, truncate: bool = False,
+                       generator: torch.Generator | None = None, sampling: TextSampling | None = None,
+                       **overrides: Any) -> list[TextResult]:
+        """Continue raw texts, no chat template added, in one left-padded batch (each row as if alone).
+
+        Each text is encoded as it is, after bos: a base-model prompt, or a prompt its caller rendered
+        (lm-evaluation-harness renders its own chat template). `parse_special=True` turns special-token
+        strings into their ids, which a rendered template is made of; keep it False for text a user typed,
+        so that it can never hold control tokens. `truncate=True` cuts a prompt with no room left for
+        `gen_length` below the model's max_sequence_length to its last tokens (bos kept), with a
+        warning; by default such a prompt is refused.
+        """
+        settings = self.text_settings(sampling, **overrides)
+        bos, limit = self.vocab.bos_id, model_max_length(self.model)
+        ids = [row[1:] if row[:1] == [bos] else row  # build_text_gen_batch puts bos back
+               for row in self.tokenizer.encode_batch(list(texts), parse_special=parse_special)]
+        if truncate and limit is not None:
+            room = max(limit - settings.gen_length - 1, 0)  # prompt tokens that fit after bos
+            if any(len(row) > room for row in ids):
+                logger.warning("prompts cut to their last %d tokens to leave room for gen_length %d", room,
+                               settings.gen_length)
+            ids = [row[len(row) - room :] if len(row) > room else row for row in ids]
+        return self._finish_all(self._iter_text(build_text_gen_batch(ids, vocab=self.vocab), settings, generator))
+
     def understand_batch(self, images: Sequence[Any], questions: Sequence[str], *, thinking: bool = False,
                          generator: torch.Generator | None = None, sampling: TextSampling | None = None,
                          **overrides: Any) -> list[TextResult]:
