@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shutil
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -102,32 +103,25 @@ def cmd_vqa(args: argparse.Namespace) -> int:
 
 def cmd_geneval(args: argparse.Namespace) -> int:
     """GenEval images in the official evaluator's layout; the tiny world's prompts are also judged."""
-    from ..evaluation.geneval import (
-        GenevalConfig,
-        generate_geneval,
-        score_geneval_folder,
-        world_geneval_prompts,
-        write_prompts,
-    )
+    from ..evaluation.geneval import GenevalConfig, generate_geneval, world_geneval_prompts, write_prompts
 
     if (args.prompts is None) == (not args.world):
         raise ValueError("give either --prompts FILE (a GenEval evaluation_metadata.jsonl) or --world")
     out = _out_folder(args, "geneval")
+    if args.overwrite and (out / "images").is_dir():
+        shutil.rmtree(out / "images")  # the official evaluator reads every folder there: no mixing of two runs
     prompts = args.prompts
     if args.world:
         prompts = out / "evaluation_metadata.jsonl"
         write_prompts(prompts, world_geneval_prompts(args.per_group))
     config = GenevalConfig(prompts=prompts, out=out / "images", images_per_prompt=args.images_per_prompt,
                            batch_size=args.batch_size, seed=args.seed or 0, limit=args.limit,
-                           image=_image_overrides(args))
+                           judge=args.world or args.judge, image=_image_overrides(args))
     pipe = _pipeline(args)
     run = generate_geneval(pipe, config, progress=not args.quiet)
-    if args.world or args.judge:
-        judged = score_geneval_folder(config.out)
-        run = dataclasses.replace(run, scores=judged.scores, outputs=judged.outputs)
-    else:
-        print(f"images in {config.out}: score them with GenEval's evaluator (evaluation/evaluate_images.py "
-              f"{config.out} --outfile results.jsonl), then summary_scores.py")
+    if not config.judge:
+        print(f"images in {config.out}: score them with GenEval's evaluator (python evaluation/evaluate_images.py "
+              f"{config.out} --outfile results.jsonl; then evaluation/summary_scores.py results.jsonl)")
     return _finish(args, pipe, run, out, args.batch_size)
 
 

@@ -47,7 +47,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-import torch
 from PIL import Image
 from tqdm import tqdm
 
@@ -58,7 +57,7 @@ from ..world import evaluation_suite
 from ..world.captions import CATEGORIES, ObjectSpec, Prompt
 from ..world.judges import score_t2i
 from ..world.scenes import COLORS, RELATIONS, SHAPES
-from .records import Meter, Run, metered
+from .records import Meter, Run, call_generator, metered
 
 METADATA_FILE = "metadata.jsonl"
 SAMPLES_FOLDER = "samples"
@@ -279,7 +278,7 @@ def generate_geneval(pipe: MMaDAPipeline, config: GenevalConfig, *, progress: bo
     meter, outputs = Meter(), []
     with metered(pipe.model, meter):
         for prompt in tqdm(prompts, desc="geneval", unit="prompt", disable=not progress, leave=False):
-            generator = torch.Generator(pipe.device).manual_seed(config.seed * 100003 + prompt.index)
+            generator = call_generator(pipe.device, config.seed, prompt.index)
             images = []
             for start in range(0, config.images_per_prompt, config.batch_size):
                 count = min(config.batch_size, config.images_per_prompt - start)

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import torch
 from tqdm import tqdm
 
 from ..pipelines import MMaDAPipeline
@@ -29,7 +28,7 @@ from ..rl.rewards import correctness_gsm8k, gsm8k_answer
 from ..rl.rollout import read_gsm8k
 from ..sampling import Overrides, TextSampling
 from ..world.judges import score_format
-from .records import Meter, Run, data_record, metered
+from .records import Meter, Run, call_generator, data_record, metered
 
 _T = TypeVar("_T")
 
@@ -104,7 +103,7 @@ def evaluate_gsm8k(pipe: MMaDAPipeline, config: Gsm8kConfig, *, progress: bool =
     with metered(pipe.model, meter):
         for index, batch in tqdm(batches, desc="gsm8k", unit="batch", disable=not progress, leave=False):
             prompts = [build_prompt(q, config.template, prefix) for q, _ in batch]
-            generator = torch.Generator(pipe.device).manual_seed(config.seed * 100003 + index)
+            generator = call_generator(pipe.device, config.seed, index)
             results = pipe.generate_batch(prompts, thinking=config.thinking, sampling=settings, generator=generator)
             meter.add_text([r.tokens for r in results], pipe.vocab.mask_id)
             for offset, ((question, solution), result) in enumerate(zip(batch, results)):

@@ -109,6 +109,16 @@ class Run:
     meter: Meter = field(default_factory=Meter)
 
 
+def call_generator(device: torch.device, seed: int, index: int) -> torch.Generator:
+    """The generator of one sampler call (batch or prompt `index`) of a run seeded `seed`.
+
+    Seeding per call, not once per run, makes a call's draws independent of the calls before it (a
+    `--limit` run reproduces the start of a full one). Batched samplers share one generator across the
+    rows of a call, so sampled outputs still depend on how rows are batched; exact (greedy) ones do not.
+    """
+    return torch.Generator(device).manual_seed(seed * 100003 + index)
+
+
 # ---- provenance --------------------------------------------------------------------------------
 def file_sha256(path: str | os.PathLike[str]) -> str:
     digest = hashlib.sha256()

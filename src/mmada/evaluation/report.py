@@ -33,8 +33,8 @@ def headline(record: Mapping[str, Any], metric: str | None = None) -> float | No
     """The run's headline score: `metric` ("task/key") when given, else the runner's own (`HEADLINES`)."""
     scores: Mapping[str, Mapping[str, float]] = record["scores"]
     if metric is not None:
-        task, _, key = metric.partition("/")
-        value = scores.get(task, {}).get(key)
+        task, _, name = metric.partition("/")
+        value = scores.get(task, {}).get(name)
         return None if value is None else float(value)
     if record.get("task") == "world":
         overall = [groups["overall"] for groups in scores.values() if "overall" in groups]

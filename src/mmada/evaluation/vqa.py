@@ -43,14 +43,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from ..pipelines import MMaDAPipeline
 from ..sampling import Overrides, TextSampling
 from ..world.judges import normalize_answer, vqa_exact_match
-from .records import Meter, Run, metered
+from .records import Meter, Run, call_generator, metered
 
 Mode = Literal["open", "yesno"]
 MODES: tuple[str, ...] = ("open", "yesno")
@@ -253,7 +252,7 @@ def evaluate_vqa(pipe: MMaDAPipeline, config: VqaConfig, *, progress: bool = Fal
     with metered(pipe.model, meter):
         for index, start in enumerate(tqdm(starts, desc="vqa", unit="batch", disable=not progress, leave=False)):
             batch = items[start : start + config.batch_size]
-            generator = torch.Generator(pipe.device).manual_seed(config.seed * 100003 + index)
+            generator = call_generator(pipe.device, config.seed, index)
             results = pipe.understand_batch([item.image for item in batch], [item.question for item in batch],
                                             thinking=config.thinking, sampling=settings, generator=generator)
             meter.add_text([r.tokens for r in results], pipe.vocab.mask_id)

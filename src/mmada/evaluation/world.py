@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from ..pipelines import MMaDAPipeline, TextResult
@@ -32,7 +31,7 @@ from ..sampling import ImageSampling, Overrides, TextSampling
 from ..world import evaluation_suite
 from ..world.data import EvaluationSuite
 from ..world.judges import score_arithmetic, score_digit, score_format, score_t2i, vqa_exact_match
-from .records import Meter, Run, metered
+from .records import Meter, Run, call_generator, metered
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +164,7 @@ class WorldEvaluator:
         return _summary(scores)
 
     def _generate_images(self, captions: Sequence[str], index: int) -> list[np.ndarray]:
-        generator = torch.Generator(self.pipe.device).manual_seed(self.config.seed * 100003 + index)
+        generator = call_generator(self.pipe.device, self.config.seed, index)
         images = self.pipe.text_to_image(list(captions), generator=generator, sampling=self._image)
         self.meter.add_images(len(images))
         return [np.asarray(image.convert("RGB")) for image in images]
