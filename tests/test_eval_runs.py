@@ -184,3 +184,25 @@ def test_cli_world_run_writes_a_record_per_item(tmp_path):
         scores = [line["score"] for line in lines if line["task"] == task]
         assert data["scores"][task]["overall"] == pytest.approx(sum(scores) / len(scores))
     assert data["settings"]["text"]["temperature"] == 0.0 and data["tokens_per_second"] > 0
+
+
+def test_cli_world_export_feeds_the_vqa_pope_and_geneval_runners(tmp_path):
+    data = tmp_path / "data"
+    for kind in ("vqa", "pope", "geneval"):
+        assert main(["world", "export", kind, "-o", str(data), "--per-group", "1"]) == 0
+    rows = [json.loads(line) for line in (data / "vqa.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert {row["category"] for row in rows} == {"count", "color", "shape", "position", "presence"}
+    assert all((data / row["image"]).is_file() for row in rows)
+    short = ["--gen-length", "16", "--steps", "8", "--block-length", "16", "-q", "--no-hash"]
+    assert main(["eval", "vqa", "--data", str(data / "vqa.jsonl"), "--out", str(tmp_path / "v"), *short]) == 0
+    assert main(["eval", "vqa", "--data", str(data / "pope.jsonl"), "--mode", "yesno", "--out", str(tmp_path / "p"),
+                 *short]) == 0
+    assert set(read_results(tmp_path / "v")["scores"]["vqa"]) >= {"soft_accuracy", "exact_match", "color"}
+    assert set(read_results(tmp_path / "p")["scores"]["vqa"]) >= {"accuracy", "precision", "recall", "f1"}
+    out = tmp_path / "g"
+    assert main(["eval", "geneval", "--prompts", str(data / "evaluation_metadata.jsonl"), "--judge", "--limit", "2",
+                 "--images-per-prompt", "1", "--image-timesteps", "2", "--out", str(out), "-q", "--no-hash"]) == 0
+    record = read_results(out)
+    assert record["images"] == 2 and "overall" in record["scores"]["geneval"]
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["00000", "00001"]
+    assert (out / "images" / "00000" / "samples" / "00000.png").is_file()

@@ -80,6 +80,20 @@ def cmd_world_judge(args: argparse.Namespace) -> int:
     return 0 if verdict else 1
 
 
+def cmd_world_export(args: argparse.Namespace) -> int:
+    """The world's held-out evaluation data as the files `mmada eval vqa` / `mmada eval geneval` read."""
+    from ..evaluation.geneval import world_geneval_prompts, write_prompts
+    from ..evaluation.vqa import write_world_vqa
+
+    _check_output(args.output / "x")
+    if args.kind == "geneval":
+        path = write_prompts(args.output / "evaluation_metadata.jsonl", world_geneval_prompts(args.per_group))
+    else:
+        path = write_world_vqa(args.output, per_group=args.per_group, yesno=args.kind == "pope")
+    print(f"wrote {path}")
+    return 0
+
+
 def add_world_commands(sub: Any) -> None:
     world = sub.add_parser("world", help="the tiny world: tokenizers, sample grids, judges")
     commands = world.add_subparsers(dest="world_command", required=True, metavar="WORLD_COMMAND")
@@ -106,6 +120,13 @@ def add_world_commands(sub: Any) -> None:
     p.add_argument("--n", type=_positive_int, default=16, help="number of scenes (default: 16)")
     p.add_argument("--seed", type=int, default=0, help="selects the scenes (default: 0)")
     p.set_defaults(func=cmd_world_sample)
+
+    p = commands.add_parser("export", help="held-out evaluation data as local files for mmada eval vqa / geneval")
+    p.add_argument("kind", choices=("vqa", "pope", "geneval"), help="vqa: every question type (vqa.jsonl + images/); "
+                   "pope: the yes/no questions (pope.jsonl); geneval: t2i prompts (evaluation_metadata.jsonl)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="folder to write into")
+    p.add_argument("--per-group", type=_positive_int, default=50, help="examples per group (default: 50)")
+    p.set_defaults(func=cmd_world_export)
 
     p = commands.add_parser("judge", help="what the scene parser sees, and whether a caption holds (exit 1 if not)")
     p.add_argument("image", help="image file (32x32, or a multiple of it)")

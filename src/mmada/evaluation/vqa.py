@@ -290,3 +290,23 @@ def vqa_scores(outputs: Sequence[Mapping[str, Any]], mode: Mode) -> dict[str, fl
         per_group = {name: sum(o["soft_accuracy"] for o in group) / len(group) for name, group in groups.items()}
     return scores | dict(sorted(per_group.items()))
 
+
+
+def write_world_vqa(folder: str | Path, *, per_group: int = 50, yesno: bool = False) -> Path:
+    """The tiny world's held-out VQA questions as `folder/vqa.jsonl` + `folder/images/NNNNN.png` (the
+    format `evaluate_vqa` reads; `category` = question type), or with `yesno` only its yes/no
+    (presence) questions as `folder/pope.jsonl`: local data for `mmada eval vqa` on any machine."""
+    from ..world import evaluation_suite
+
+    root = Path(folder)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    examples = [e for e in evaluation_suite(per_group=per_group).vqa if not yesno or e.qtype == "presence"]
+    rows = []
+    for index, example in enumerate(examples):
+        name = f"images/{index:05d}.png"
+        Image.fromarray(example.image).save(root / name)
+        rows.append({"image": name, "question": example.question, "answers": [example.answer],
+                     "category": example.qtype, "question_id": index})
+    path = root / ("pope.jsonl" if yesno else "vqa.jsonl")
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
