@@ -231,5 +231,7 @@ def test_bad_inputs_are_refused_before_sampling(tmp_path, prompts_file):
         score_geneval_folder(layout)
     with pytest.raises(ValueError, match="holds no GenEval prompt folders"):
         score_geneval_folder(tmp_path / "used" / "00003")
-    with pytest.raises(ValueError, match="`images_per_prompt` and `batch_size` must be >= 1"):
+    with pytest.raises(ValueError, match="`images_per_prompt` must be >= 1"):
         GenevalConfig(prompts_file, tmp_path / "out", images_per_prompt=0)
+    with pytest.raises(ValueError, match="`batch_size` must be >= 1"):
+        GenevalConfig(prompts_file, tmp_path / "out", batch_size=0)

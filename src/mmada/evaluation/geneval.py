@@ -57,7 +57,7 @@ from ..world import evaluation_suite
 from ..world.captions import CATEGORIES, ObjectSpec, Prompt
 from ..world.judges import score_t2i
 from ..world.scenes import COLORS, RELATIONS, SHAPES
-from .records import Meter, Run, call_generator, metered
+from .records import Meter, Run, call_generator, check_run_settings, metered
 
 METADATA_FILE = "metadata.jsonl"
 SAMPLES_FOLDER = "samples"
@@ -101,13 +101,9 @@ class GenevalConfig:
     """Sampler overrides applied over the pipeline's image defaults."""
 
     def __post_init__(self) -> None:
-        if self.images_per_prompt < 1 or self.batch_size < 1:
-            raise ValueError(f"`images_per_prompt` and `batch_size` must be >= 1, got {self.images_per_prompt} "
-                             f"and {self.batch_size}")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"`limit` must be >= 1 or None, got {self.limit}")
-        if not isinstance(self.image, Overrides) or self.image.kind is not ImageSampling:
-            raise ValueError(f"`image` must be Overrides(ImageSampling, ...), got {self.image!r}")
+        check_run_settings(self.limit, self.batch_size, "image", self.image, ImageSampling)
+        if self.images_per_prompt < 1:
+            raise ValueError(f"`images_per_prompt` must be >= 1, got {self.images_per_prompt}")
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from ..rl.rewards import correctness_gsm8k, gsm8k_answer
 from ..rl.rollout import read_gsm8k
 from ..sampling import Overrides, TextSampling
 from ..world.judges import score_format
-from .records import Meter, Run, call_generator, data_record, metered
+from .records import Meter, Run, call_generator, check_run_settings, data_record, metered
 
 _T = TypeVar("_T")
 
@@ -58,10 +58,9 @@ class Gsm8kConfig:
     """Sampler overrides applied over the pipeline's text defaults."""
 
     def __post_init__(self) -> None:
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"`limit` must be >= 1 or None, got {self.limit}")
-        if self.shots < 0 or self.batch_size < 1:
-            raise ValueError(f"`shots` must be >= 0 and `batch_size` >= 1, got {self.shots} and {self.batch_size}")
+        check_run_settings(self.limit, self.batch_size, "text", self.text, TextSampling)
+        if self.shots < 0:
+            raise ValueError(f"`shots` must be >= 0, got {self.shots}")
         if "{question}" not in self.template:
             raise ValueError(f"`template` must contain '{{question}}', got {self.template!r}")
 

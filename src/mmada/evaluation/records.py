@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from .. import __version__
+from ..sampling import Overrides
 from ..utils.config import to_dict
 
 RESULTS_FILE = "results.json"
@@ -107,6 +108,16 @@ class Run:
     settings: dict[str, Any]
     """The runner's own settings (data path, shots, thinking, ...) and the full sampler settings."""
     meter: Meter = field(default_factory=Meter)
+
+
+def check_run_settings(limit: int | None, batch_size: int, name: str, overrides: Any, kind: type) -> None:
+    """The checks every runner config makes: `limit` None or >= 1, `batch_size` >= 1, `name` an Overrides of `kind`."""
+    if limit is not None and (isinstance(limit, bool) or limit < 1):
+        raise ValueError(f"`limit` must be >= 1 or None, got {limit}")
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be >= 1, got {batch_size}")
+    if not isinstance(overrides, Overrides) or overrides.kind is not kind:
+        raise ValueError(f"`{name}` must be Overrides({kind.__name__}, ...), got {overrides!r}")
 
 
 def call_generator(device: torch.device, seed: int, index: int) -> torch.Generator:

@@ -49,7 +49,7 @@ from tqdm import tqdm
 from ..pipelines import MMaDAPipeline
 from ..sampling import Overrides, TextSampling
 from ..world.judges import normalize_answer, vqa_exact_match
-from .records import Meter, Run, call_generator, metered
+from .records import Meter, Run, call_generator, check_run_settings, metered
 
 Mode = Literal["open", "yesno"]
 MODES: tuple[str, ...] = ("open", "yesno")
@@ -79,14 +79,9 @@ class VqaConfig:
     """Sampler overrides applied over the pipeline's text defaults."""
 
     def __post_init__(self) -> None:
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"`limit` must be >= 1 or None, got {self.limit}")
-        if self.batch_size < 1:
-            raise ValueError(f"`batch_size` must be >= 1, got {self.batch_size}")
+        check_run_settings(self.limit, self.batch_size, "text", self.text, TextSampling)
         if self.mode not in MODES:
             raise ValueError(f"`mode` must be one of {MODES}, got {self.mode!r}")
-        if not isinstance(self.text, Overrides) or self.text.kind is not TextSampling:
-            raise ValueError(f"`text` must be Overrides(TextSampling, ...), got {self.text!r}")
 
 
 @dataclass(frozen=True)
