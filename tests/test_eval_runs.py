@@ -206,3 +206,13 @@ def test_cli_world_export_feeds_the_vqa_pope_and_geneval_runners(tmp_path):
     assert record["images"] == 2 and "overall" in record["scores"]["geneval"]
     assert sorted(p.name for p in (out / "images").iterdir()) == ["00000", "00001"]
     assert (out / "images" / "00000" / "samples" / "00000.png").is_file()
+
+
+def test_a_prompt_too_long_for_the_context_is_skipped_and_counted_wrong(pipe, tmp_path):
+    rows = [{"question": "What is 2 + 2?", "answer": "#### 4"}, {"question": "word " * 600, "answer": "#### 1"}]
+    path = tmp_path / "long.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    run = evaluate_gsm8k(pipe, Gsm8kConfig(path, text=SHORT))
+    assert run.outputs[0]["skipped"] is None and "exceeds the model's context" in run.outputs[1]["skipped"]
+    assert run.outputs[1]["output"] == "" and not run.outputs[1]["correct"]
+    assert run.scores["gsm8k"]["skipped"] == 0.5 and run.meter.sampler_calls == 1

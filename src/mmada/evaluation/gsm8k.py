@@ -16,6 +16,7 @@ the last `\\boxed{}`, else the last number after `</think>`; compared numericall
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,13 +25,16 @@ from typing import Any, TypeVar
 from tqdm import tqdm
 
 from ..pipelines import MMaDAPipeline
+from ..prompting.chat import encode_chat
 from ..rl.rewards import correctness_gsm8k, gsm8k_answer
 from ..rl.rollout import read_gsm8k
 from ..sampling import Overrides, TextSampling
+from ..sampling.common import model_max_length
 from ..world.judges import score_format
 from .records import Meter, Run, call_generator, check_run_settings, data_record, metered
 
 _T = TypeVar("_T")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -92,38 +96,57 @@ def _batches(items: Sequence[_T], size: int) -> Iterable[tuple[int, Sequence[_T]
 
 
 def evaluate_gsm8k(pipe: MMaDAPipeline, config: Gsm8kConfig, *, progress: bool = False) -> Run:
-    """Answer every question; score accuracy, the share with an extractable answer, and (thinking) the
-    share in the `<think>…</think> answer` format."""
+    """Answer every question; score accuracy, the share with an extractable answer, the share skipped
+    because the prompt leaves no room for `gen_length` tokens in the model's context (counted wrong, never
+    truncated), and (thinking) the share in the `<think>…</think> answer` format."""
     items = list(read_gsm8k(str(config.path)))[: config.limit]
     prefix = fewshot_prefix(_fewshot_examples(config))
     settings = config.text.apply(pipe.settings.text)
-    meter, outputs = Meter(), []
-    batches = list(_batches(items, config.batch_size))
+    prompts = [build_prompt(q, config.template, prefix) for q, _ in items]
+    room = _room(pipe, settings.gen_length)
+    lengths = [len(encode_chat(pipe.tokenizer, [{"role": "user", "content": p}], thinking=config.thinking))
+               for p in prompts]
+    todo = [i for i, length in enumerate(lengths) if length <= room]
+    too_long = f" tokens + gen_length {settings.gen_length} exceeds the model's context"
+    outputs = {i: _item(i, *items[i], "", skipped=f"prompt of {lengths[i]}{too_long}")
+               for i in sorted(set(range(len(items))) - set(todo))}
+    if outputs:
+        logger.warning("gsm8k: %d of %d prompts leave no room for %d tokens in the context; scored as wrong",
+                       len(outputs), len(items), settings.gen_length)
+    meter = Meter()
+    batches = list(_batches(todo, config.batch_size))
     with metered(pipe.model, meter):
         for index, batch in tqdm(batches, desc="gsm8k", unit="batch", disable=not progress, leave=False):
-            prompts = [build_prompt(q, config.template, prefix) for q, _ in batch]
             generator = call_generator(pipe.device, config.seed, index)
-            results = pipe.generate_batch(prompts, thinking=config.thinking, sampling=settings, generator=generator)
+            results = pipe.generate_batch([prompts[i] for i in batch], thinking=config.thinking, sampling=settings,
+                                          generator=generator)
             meter.add_text([r.tokens for r in results], pipe.vocab.mask_id)
-            for offset, ((question, solution), result) in enumerate(zip(batch, results)):
-                outputs.append(_item(index * config.batch_size + offset, question, solution, result.text))
-    return Run("gsm8k", {"gsm8k": _scores(outputs, config.thinking)}, outputs,
+            outputs.update({i: _item(i, *items[i], result.text) for i, result in zip(batch, results)})
+    ordered = [outputs[i] for i in range(len(items))]
+    return Run("gsm8k", {"gsm8k": _scores(ordered, config.thinking)}, ordered,
                {"data": data_record(config.path, len(items)), "limit": config.limit, "shots": config.shots,
                 "fewshot_path": None if not config.shots else str(config.fewshot_path or
                                                                    config.path.with_name("train.jsonl")),
                 "template": config.template, "thinking": config.thinking, "text": settings}, meter)
 
 
-def _item(index: int, question: str, solution: str, output: str) -> dict[str, Any]:
+def _room(pipe: MMaDAPipeline, gen_length: int) -> int:
+    """The longest prompt that leaves `gen_length` positions in the model's context (no limit: unbounded)."""
+    limit = model_max_length(pipe.model)
+    return (1 << 62) if limit is None else limit - gen_length
+
+
+def _item(index: int, question: str, solution: str, output: str, skipped: str | None = None) -> dict[str, Any]:
     return {"index": index, "question": question, "reference": gsm8k_answer(solution), "output": output,
             "extracted": gsm8k_answer(output), "correct": correctness_gsm8k(output, solution) > 0,
-            "think_format": bool(score_format(output))}
+            "think_format": bool(score_format(output)), "skipped": skipped}
 
 
 def _scores(outputs: Sequence[dict[str, Any]], thinking: bool) -> dict[str, float]:
     count = max(len(outputs), 1)
     scores = {"accuracy": sum(o["correct"] for o in outputs) / count,
-              "answered": sum(o["extracted"] is not None for o in outputs) / count}
+              "answered": sum(o["extracted"] is not None for o in outputs) / count,
+              "skipped": sum(o["skipped"] is not None for o in outputs) / count}
     if thinking:
         scores["think format"] = sum(o["think_format"] for o in outputs) / count
     return scores

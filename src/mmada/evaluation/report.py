@@ -114,7 +114,7 @@ def compare_markdown(a: Mapping[str, Any], b: Mapping[str, Any], names: Sequence
     lines += ["", f"| cost | {first} | {second} | {second} / {first} |", "|---|---|---|---|"]
     for key in COST:
         x, y = a.get(key), b.get(key)
-        if x is None and y is None:
+        if not x and not y:  # absent or zero in both (images of a text run)
             continue
         ratio = f"{y / x:.2f}x" if isinstance(x, (int, float)) and isinstance(y, (int, float)) and x else "-"
         lines.append(f"| {key} | {_cell(x)} | {_cell(y)} | {ratio} |")
