@@ -57,7 +57,7 @@ from ..world import evaluation_suite
 from ..world.captions import CATEGORIES, ObjectSpec, Prompt
 from ..world.judges import score_t2i
 from ..world.scenes import COLORS, RELATIONS, SHAPES
-from .records import Meter, Run, call_generator, check_run_settings, metered
+from .records import Meter, Run, call_generator, check_run_settings, metered, read_jsonl
 
 METADATA_FILE = "metadata.jsonl"
 SAMPLES_FOLDER = "samples"
@@ -129,25 +129,12 @@ def read_prompts(path: str | Path, *, limit: int | None = None) -> list[GenevalP
             and `tag`; or the file holds no prompts.
         FileNotFoundError: the file does not exist.
     """
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"GenEval prompt file {str(file)!r} does not exist")
-    prompts: list[GenevalPrompt] = []
-    with file.open(encoding="utf-8") as f:
-        for number, text in enumerate(f, start=1):
-            if limit is not None and len(prompts) >= limit:
-                break
-            if not text.strip():
-                continue
-            try:
-                metadata = json.loads(text)
-                _check_prompt(metadata)
-            except ValueError as err:  # json.JSONDecodeError is a ValueError
-                raise ValueError(f"{file}:{number}: {err}") from None
-            prompts.append(GenevalPrompt(len(prompts), number, text.strip(), metadata))
-    if not prompts:
-        raise ValueError(f"{file} holds no GenEval prompts")
-    return prompts
+    return read_jsonl(path, "GenEval prompt", _prompt, limit=limit)
+
+
+def _prompt(metadata: Any, text: str, line: int, index: int) -> GenevalPrompt:
+    _check_prompt(metadata)
+    return GenevalPrompt(index, line, text, metadata)
 
 
 def _check_prompt(metadata: Any) -> None:

@@ -23,12 +23,12 @@ import os
 import platform
 import subprocess
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -42,6 +42,7 @@ FORMAT = "mmada-eval/1"
 Scores = dict[str, dict[str, float]]
 """{task: {metric or group: value}}, the same shape for every runner (the world suite's `Results`)."""
 _HASH_CHUNK = 1 << 22
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -118,6 +119,32 @@ def check_run_settings(limit: int | None, batch_size: int, name: str, overrides:
         raise ValueError(f"`batch_size` must be >= 1, got {batch_size}")
     if not isinstance(overrides, Overrides) or overrides.kind is not kind:
         raise ValueError(f"`{name}` must be Overrides({kind.__name__}, ...), got {overrides!r}")
+
+
+def read_jsonl(path: str | os.PathLike[str], what: str, parse: Callable[[Any, str, int, int], _T], *,
+               limit: int | None = None) -> list[_T]:
+    """The first `limit` records of a jsonl, each `parse(object, line text, line number, index)`d.
+
+    Blank lines are skipped. A line that is not JSON, or that `parse` refuses with a ValueError, is
+    reported as `file:line: problem`; so is a file without records. Raises FileNotFoundError naming `what`.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"{what} file {str(file)!r} does not exist")
+    records: list[_T] = []
+    with file.open(encoding="utf-8") as f:
+        for number, text in enumerate(f, start=1):
+            if limit is not None and len(records) >= limit:
+                break
+            if not text.strip():
+                continue
+            try:
+                records.append(parse(json.loads(text), text.strip(), number, len(records)))
+            except ValueError as err:  # json.JSONDecodeError is a ValueError
+                raise ValueError(f"{file}:{number}: {err}") from None
+    if not records:
+        raise ValueError(f"{file} holds no {what} records")
+    return records
 
 
 def call_generator(device: torch.device, seed: int, index: int) -> torch.Generator:

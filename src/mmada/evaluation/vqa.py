@@ -49,7 +49,7 @@ from tqdm import tqdm
 from ..pipelines import MMaDAPipeline
 from ..sampling import Overrides, TextSampling
 from ..world.judges import normalize_answer, vqa_exact_match
-from .records import Meter, Run, call_generator, check_run_settings, metered
+from .records import Meter, Run, call_generator, check_run_settings, metered, read_jsonl
 
 Mode = Literal["open", "yesno"]
 MODES: tuple[str, ...] = ("open", "yesno")
@@ -169,23 +169,8 @@ def read_vqa(path: str | Path, *, limit: int | None = None, mode: Mode = "open")
         ValueError: naming `file:line` and the problem; or the file holds no rows.
         FileNotFoundError: the jsonl does not exist.
     """
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"VQA file {str(file)!r} does not exist")
-    items: list[VqaItem] = []
-    with file.open(encoding="utf-8") as f:
-        for number, text in enumerate(f, start=1):
-            if limit is not None and len(items) >= limit:
-                break
-            if not text.strip():
-                continue
-            try:
-                items.append(_item(json.loads(text), number, file.parent, mode))
-            except ValueError as err:  # json.JSONDecodeError is a ValueError
-                raise ValueError(f"{file}:{number}: {err}") from None
-    if not items:
-        raise ValueError(f"{file} holds no VQA rows")
-    return items
+    folder = Path(path).parent
+    return read_jsonl(path, "VQA", lambda row, _text, line, _index: _item(row, line, folder, mode), limit=limit)
 
 
 def _item(row: Any, line: int, folder: Path, mode: Mode) -> VqaItem:
