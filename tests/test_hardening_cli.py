@@ -83,7 +83,7 @@ def png(tmp_path: Path) -> Path:
     (["t2i", "x", "--threads", "-2"], "argument --threads: must be >= 1, got -2"),
     (["generate", "x", "--threads", "two"], "argument --threads: expected an integer, got 'two'"),
     (["recipe", "--threads", "0"], "mmada recipe: error: argument --threads: must be >= 1, got 0"),
-    (["eval", "--per-group", "0"], "argument --per-group: must be >= 1, got 0"),
+    (["eval", "world", "--per-group", "0"], "argument --per-group: must be >= 1, got 0"),
     (["world", "sample", "--n", "0"], "argument --n: must be >= 1, got 0"),
     (["t2i", "x", "--max-text-len", "0"], "argument --max-text-len: must be >= 1, got 0"),
 ])

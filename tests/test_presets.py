@@ -122,12 +122,13 @@ def test_cli_flags_override_the_preset(monkeypatch, capsys):
     assert (seen[1].threshold, seen[1].cache) == (None, "none")
 
 
-def test_eval_takes_a_preset(monkeypatch, capsys):
+def test_eval_takes_a_preset(monkeypatch, capsys, tmp_path):
     seen: list[TextSampling] = []
     real = mmada.pipelines.iter_sample_text
     monkeypatch.setattr(mmada.pipelines, "iter_sample_text",
                         lambda model, ids, settings, **kw: seen.append(settings) or real(model, ids, settings, **kw))
-    assert main(["eval", "--preset", "fast", "--tasks", "vqa", "--limit", "1", "-q"]) == 0
+    assert main(["eval", "world", "--preset", "fast", "--tasks", "vqa", "--limit", "1", "-q", "--no-hash",
+                 "--out", str(tmp_path / "run")]) == 0
     assert seen and all(s.cache == "delayed" and s.temperature == 0.0 for s in seen)
 
 
