@@ -216,3 +216,19 @@ def test_a_prompt_too_long_for_the_context_is_skipped_and_counted_wrong(pipe, tm
     assert run.outputs[0]["skipped"] is None and "exceeds the model's context" in run.outputs[1]["skipped"]
     assert run.outputs[1]["output"] == "" and not run.outputs[1]["correct"]
     assert run.scores["gsm8k"]["skipped"] == 0.5 and run.meter.sampler_calls == 1
+
+
+def test_every_mmada_command_in_the_readme_parses():
+    """The README's command lines stay in step with the parser (the Evaluation block was also run as written)."""
+    import shlex
+
+    from mmada.cli import build_parser
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    commands = [part.strip() for line in readme.splitlines() for part in line.split("#")[0].split("&&")
+                if part.strip().startswith("mmada ")]
+    assert sum(c.startswith("mmada eval ") for c in commands) >= 8
+    parser = build_parser()
+    for command in commands:
+        _, extra = parser.parse_known_args(shlex.split(command)[1:])
+        assert all("=" in e for e in extra), (command, extra)  # only `key=value` training overrides may be left
