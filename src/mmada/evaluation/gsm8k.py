@@ -17,7 +17,7 @@ the last `\\boxed{}`, else the last number after `</think>`; compared numericall
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,7 +31,7 @@ from ..rl.rollout import read_gsm8k
 from ..sampling import Overrides, TextSampling
 from ..sampling.common import model_max_length
 from ..world.judges import score_format
-from .records import Meter, Run, call_generator, check_run_settings, data_record, metered
+from .records import Meter, Run, batches, call_generator, check_run_settings, data_record, metered
 
 _T = TypeVar("_T")
 logger = logging.getLogger(__name__)
@@ -90,11 +90,6 @@ def _fewshot_examples(config: Gsm8kConfig) -> list[tuple[str, str]]:
     return examples[: config.shots]
 
 
-def _batches(items: Sequence[_T], size: int) -> Iterable[tuple[int, Sequence[_T]]]:
-    for index, start in enumerate(range(0, len(items), size)):
-        yield index, items[start : start + size]
-
-
 def evaluate_gsm8k(pipe: MMaDAPipeline, config: Gsm8kConfig, *, progress: bool = False) -> Run:
     """Answer every question; score accuracy, the share with an extractable answer, the share skipped
     because the prompt leaves no room for `gen_length` tokens in the model's context (counted wrong, never
@@ -114,9 +109,9 @@ def evaluate_gsm8k(pipe: MMaDAPipeline, config: Gsm8kConfig, *, progress: bool =
         logger.warning("gsm8k: %d of %d prompts leave no room for %d tokens in the context; scored as wrong",
                        len(outputs), len(items), settings.gen_length)
     meter = Meter()
-    batches = list(_batches(todo, config.batch_size))
+    calls = tqdm(batches(todo, config.batch_size), desc="gsm8k", unit="batch", disable=not progress, leave=False)
     with metered(pipe.model, meter):
-        for index, batch in tqdm(batches, desc="gsm8k", unit="batch", disable=not progress, leave=False):
+        for index, batch in enumerate(calls):
             generator = call_generator(pipe.device, config.seed, index)
             results = pipe.generate_batch([prompts[i] for i in batch], thinking=config.thinking, sampling=settings,
                                           generator=generator)

@@ -111,6 +111,11 @@ class Run:
     meter: Meter = field(default_factory=Meter)
 
 
+def batches(items: Sequence[_T], size: int) -> list[Sequence[_T]]:
+    """`items` in consecutive batches of at most `size` (one sampler call each; the last may be shorter)."""
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
 def check_run_settings(limit: int | None, batch_size: int, name: str, overrides: Any, kind: type) -> None:
     """The checks every runner config makes: `limit` None or >= 1, `batch_size` >= 1, `name` an Overrides of `kind`."""
     if limit is not None and (isinstance(limit, bool) or limit < 1):

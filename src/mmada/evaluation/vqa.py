@@ -49,7 +49,7 @@ from tqdm import tqdm
 from ..pipelines import MMaDAPipeline
 from ..sampling import Overrides, TextSampling
 from ..world.judges import normalize_answer, vqa_exact_match
-from .records import Meter, Run, call_generator, check_run_settings, metered, read_jsonl
+from .records import Meter, Run, batches, call_generator, check_run_settings, metered, read_jsonl
 
 Mode = Literal["open", "yesno"]
 MODES: tuple[str, ...] = ("open", "yesno")
@@ -228,16 +228,16 @@ def evaluate_vqa(pipe: MMaDAPipeline, config: VqaConfig, *, progress: bool = Fal
     items = read_vqa(config.path, limit=config.limit, mode=config.mode)
     settings = config.text.apply(pipe.settings.text)
     meter, outputs = Meter(), []
-    starts = range(0, len(items), config.batch_size)
+    calls = tqdm(batches(items, config.batch_size), desc="vqa", unit="batch", disable=not progress, leave=False)
     with metered(pipe.model, meter):
-        for index, start in enumerate(tqdm(starts, desc="vqa", unit="batch", disable=not progress, leave=False)):
-            batch = items[start : start + config.batch_size]
+        for index, batch in enumerate(calls):
             generator = call_generator(pipe.device, config.seed, index)
             results = pipe.understand_batch([item.image for item in batch], [item.question for item in batch],
                                             thinking=config.thinking, sampling=settings, generator=generator)
             meter.add_text([r.tokens for r in results], pipe.vocab.mask_id)
             for offset, (item, result) in enumerate(zip(batch, results)):
-                outputs.append(_output(start + offset, item, result.text, result.answer, config.mode))
+                outputs.append(_output(index * config.batch_size + offset, item, result.text, result.answer,
+                                       config.mode))
     return Run("vqa", {"vqa": vqa_scores(outputs, config.mode)}, outputs,
                {"data": str(config.path), "limit": config.limit, "mode": config.mode, "thinking": config.thinking,
                 "text": settings}, meter)

@@ -31,7 +31,7 @@ from ..sampling import ImageSampling, Overrides, TextSampling
 from ..world import evaluation_suite
 from ..world.data import EvaluationSuite
 from ..world.judges import score_arithmetic, score_digit, score_format, score_t2i, vqa_exact_match
-from .records import Meter, Run, call_generator, metered
+from .records import Meter, Run, batches, call_generator, metered
 
 logger = logging.getLogger(__name__)
 
@@ -77,11 +77,6 @@ class WorldEvalConfig:
 
 
 Results = dict[str, dict[str, float]]
-
-
-def _batches(items: Sequence[_T], size: int) -> Iterable[Sequence[_T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def _limited(items: Sequence[_T], group: Callable[[_T], Any], limit: int | None) -> list[_T]:
@@ -132,8 +127,8 @@ class WorldEvaluator:
         return results
 
     def _bar(self, items: Sequence[_T], desc: str) -> Iterable[Sequence[_T]]:
-        batches = list(_batches(items, self.config.batch_size))
-        return tqdm(batches, desc=desc, unit="batch", disable=not self.progress, leave=False)
+        return tqdm(batches(items, self.config.batch_size), desc=desc, unit="batch", disable=not self.progress,
+                    leave=False)
 
     def arithmetic(self, suite: EvaluationSuite) -> dict[str, float]:
         items = _limited(suite.text, lambda e: e.num_steps, self.config.limit)
