@@ -199,11 +199,13 @@ def test_cli_world_export_feeds_the_vqa_pope_and_geneval_runners(tmp_path):
                  *short]) == 0
     assert set(read_results(tmp_path / "v")["scores"]["vqa"]) >= {"soft_accuracy", "exact_match", "color"}
     assert set(read_results(tmp_path / "p")["scores"]["vqa"]) >= {"accuracy", "precision", "recall", "f1"}
+    assert read_results(tmp_path / "v")["settings"]["data"]["sha256"]  # the data's bytes, as for GSM8K
     out = tmp_path / "g"
     assert main(["eval", "geneval", "--prompts", str(data / "evaluation_metadata.jsonl"), "--judge", "--limit", "2",
                  "--images-per-prompt", "1", "--image-timesteps", "2", "--out", str(out), "-q", "--no-hash"]) == 0
     record = read_results(out)
     assert record["images"] == 2 and "overall" in record["scores"]["geneval"]
+    assert record["settings"]["data"]["items"] == 2 and record["settings"]["data"]["sha256"]
     assert sorted(p.name for p in (out / "images").iterdir()) == ["00000", "00001"]
     assert (out / "images" / "00000" / "samples" / "00000.png").is_file()
 

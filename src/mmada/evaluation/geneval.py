@@ -57,7 +57,7 @@ from ..world import evaluation_suite
 from ..world.captions import CATEGORIES, ObjectSpec, Prompt
 from ..world.judges import score_t2i
 from ..world.scenes import COLORS, RELATIONS, SHAPES
-from .records import Meter, Run, call_generator, check_run_settings, metered, read_jsonl
+from .records import Meter, Run, call_generator, check_run_settings, data_record, metered, read_jsonl
 
 METADATA_FILE = "metadata.jsonl"
 SAMPLES_FOLDER = "samples"
@@ -274,7 +274,7 @@ def generate_geneval(pipe: MMaDAPipeline, config: GenevalConfig, *, progress: bo
         judged = score_geneval_folder(config.out)
         verdicts = {o["file"]: o for o in judged.outputs}
         outputs, scores = [o | verdicts[o["file"]] for o in outputs], judged.scores
-    return Run("geneval", scores, outputs, {"data": str(config.prompts), "out": str(config.out),
+    return Run("geneval", scores, outputs, {"data": data_record(config.prompts, len(prompts)), "out": str(config.out),
                                             "limit": config.limit, "images_per_prompt": config.images_per_prompt,
                                             "judge": config.judge, "image": settings}, meter)
 

@@ -49,7 +49,7 @@ from tqdm import tqdm
 from ..pipelines import MMaDAPipeline
 from ..sampling import Overrides, TextSampling
 from ..world.judges import normalize_answer, vqa_exact_match
-from .records import Meter, Run, batches, call_generator, check_run_settings, metered, read_jsonl
+from .records import Meter, Run, batches, call_generator, check_run_settings, data_record, metered, read_jsonl
 
 Mode = Literal["open", "yesno"]
 MODES: tuple[str, ...] = ("open", "yesno")
@@ -239,8 +239,8 @@ def evaluate_vqa(pipe: MMaDAPipeline, config: VqaConfig, *, progress: bool = Fal
                 outputs.append(_output(index * config.batch_size + offset, item, result.text, result.answer,
                                        config.mode))
     return Run("vqa", {"vqa": vqa_scores(outputs, config.mode)}, outputs,
-               {"data": str(config.path), "limit": config.limit, "mode": config.mode, "thinking": config.thinking,
-                "text": settings}, meter)
+               {"data": data_record(config.path, len(items)), "limit": config.limit, "mode": config.mode,
+                "thinking": config.thinking, "text": settings}, meter)
 
 
 def _output(index: int, item: VqaItem, output: str, answer: str, mode: Mode) -> dict[str, Any]:
