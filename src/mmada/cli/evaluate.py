@@ -10,40 +10,36 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ..sampling import ImageSampling, TextSampling
 from . import _add_dataclass_flags, _add_model_flags, _add_preset_flag, _check_output, _pipeline, _positive_int
-
-RUNNERS = ("world", "gsm8k", "vqa", "geneval")
 
 
 # ---- shared ------------------------------------------------------------------------------------
 def _out_folder(args: argparse.Namespace, task: str) -> Path:
     """--out, or mmada-eval/<task>-<time>; an existing results.json is never overwritten silently."""
+    from ..evaluation.records import RESULTS_FILE
+
     out: Path = args.out or Path("mmada-eval") / f"{task}-{datetime.now():%Y%m%d-%H%M%S}"
-    if (out / "results.json").exists() and not args.overwrite:
-        raise FileExistsError(f"{out / 'results.json'} exists (an earlier run); pass --overwrite or another --out")
-    _check_output(out / "results.json")
+    if (out / RESULTS_FILE).exists() and not args.overwrite:
+        raise FileExistsError(f"{out / RESULTS_FILE} exists (an earlier run); pass --overwrite or another --out")
+    _check_output(out / RESULTS_FILE)
     return out
 
 
-def _text_overrides(args: argparse.Namespace, *, greedy: bool = False) -> Any:
-    """--preset, then the text sampler flags, as overrides of the model's own text settings."""
-    from ..sampling import PRESETS, Overrides, TextSampling
+def _overrides(args: argparse.Namespace, kind: type, *, greedy: bool = False) -> Any:
+    """--preset, then the sampler flags of `kind` (TextSampling: --<field>; ImageSampling: --image-<field>),
+    as overrides of the model's own settings; `greedy` forces temperature 0 first."""
+    from ..sampling import IMAGE_PRESETS, PRESETS, Overrides
 
-    values = dict(PRESETS[args.preset]) if args.preset else {}
+    image = kind is ImageSampling
+    values = dict((IMAGE_PRESETS if image else PRESETS)[args.preset]) if args.preset else {}
     if greedy:
         values["temperature"] = 0.0
-    values.update({f.name: getattr(args, f.name) for f in dataclasses.fields(TextSampling)
-                   if getattr(args, f.name, None) is not None})
-    return Overrides(TextSampling, **values)
-
-
-def _image_overrides(args: argparse.Namespace) -> Any:
-    from ..sampling import IMAGE_PRESETS, ImageSampling, Overrides
-
-    values = dict(IMAGE_PRESETS[args.preset]) if args.preset else {}
-    values.update({f.name: getattr(args, f"image_{f.name}") for f in dataclasses.fields(ImageSampling)
-                   if getattr(args, f"image_{f.name}", None) is not None})
-    return Overrides(ImageSampling, **values)
+    for f in dataclasses.fields(kind):
+        given = getattr(args, f"image_{f.name}" if image else f.name, None)
+        if given is not None:
+            values[f.name] = given
+    return Overrides(kind, **values)
 
 
 def _finish(args: argparse.Namespace, pipe: Any, run: Any, out: Path, batch_size: int) -> int:
@@ -69,11 +65,11 @@ def cmd_world(args: argparse.Namespace) -> int:
 
     out = _out_folder(args, "world")
     pipe = _pipeline(args)
-    text = _text_overrides(args, greedy=True)
+    text = _overrides(args, TextSampling, greedy=True)
     config = WorldEvalConfig(
         tasks=tuple(args.tasks.split(",")) if args.tasks else WorldEvalConfig.tasks,
         per_group=args.per_group, limit=args.limit, batch_size=args.batch_size, thinking=args.thinking,
-        text=text, short=text, image=_image_overrides(args), seed=args.seed or 0,
+        text=text, short=text, image=_overrides(args, ImageSampling), seed=args.seed or 0,
     )
     return _finish(args, pipe, world_run(pipe, config, progress=not args.quiet), out, args.batch_size)
 
@@ -84,7 +80,7 @@ def cmd_gsm8k(args: argparse.Namespace) -> int:
 
     config = Gsm8kConfig(path=args.data, limit=args.limit, shots=args.shots, fewshot_path=args.fewshot_data,
                          template=args.template, thinking=args.thinking, batch_size=args.batch_size,
-                         seed=args.seed or 0, text=_text_overrides(args))
+                         seed=args.seed or 0, text=_overrides(args, TextSampling))
     out = _out_folder(args, "gsm8k")
     pipe = _pipeline(args)
     return _finish(args, pipe, evaluate_gsm8k(pipe, config, progress=not args.quiet), out, args.batch_size)
@@ -95,7 +91,7 @@ def cmd_vqa(args: argparse.Namespace) -> int:
     from ..evaluation.vqa import VqaConfig, evaluate_vqa
 
     config = VqaConfig(path=args.data, limit=args.limit, mode=args.mode, thinking=args.thinking,
-                       batch_size=args.batch_size, seed=args.seed or 0, text=_text_overrides(args))
+                       batch_size=args.batch_size, seed=args.seed or 0, text=_overrides(args, TextSampling))
     out = _out_folder(args, "vqa")
     pipe = _pipeline(args)
     return _finish(args, pipe, evaluate_vqa(pipe, config, progress=not args.quiet), out, args.batch_size)
@@ -116,7 +112,7 @@ def cmd_geneval(args: argparse.Namespace) -> int:
         write_prompts(prompts, world_geneval_prompts(args.per_group))
     config = GenevalConfig(prompts=prompts, out=out / "images", images_per_prompt=args.images_per_prompt,
                            batch_size=args.batch_size, seed=args.seed or 0, limit=args.limit,
-                           judge=args.world or args.judge, image=_image_overrides(args))
+                           judge=args.world or args.judge, image=_overrides(args, ImageSampling))
     pipe = _pipeline(args)
     run = generate_geneval(pipe, config, progress=not args.quiet)
     if not config.judge:
@@ -160,8 +156,6 @@ def _run_flags(p: argparse.ArgumentParser, batch_size: int) -> None:
 
 
 def add_eval_commands(sub: Any) -> None:
-    from ..sampling import ImageSampling, TextSampling
-
     p = sub.add_parser("eval", help="evaluate a model (world, gsm8k, vqa, geneval); compare and plot results")
     runners = p.add_subparsers(dest="runner", required=True, metavar="RUNNER")
 
