@@ -24,12 +24,8 @@ import yaml
 from lm_eval.api.instance import Instance
 from lm_eval.tasks import TaskManager
 
-from mmada.evaluation.likelihood import (
-    continuation_loglikelihood,
-    greedy_reproduces,
-    random_subsets,
-    stratified_mask_counts,
-)
+from mmada.diffusion.masking import random_subsets
+from mmada.evaluation.likelihood import continuation_loglikelihood, greedy_reproduces, stratified_mask_counts
 from mmada.evaluation.lm_harness import MMaDALM, generation_plan, with_device_default
 from mmada.pipelines import MMaDAPipeline
 from mmada.prompting import encode_chat

@@ -97,8 +97,20 @@ def mask_image(
         u = torch.rand(B, generator=generator, device=ids.device)
     ratio = gamma(u).clip(min=min_ratio)  # (B,)
     num_masked = (N * ratio).round().clamp(min=1)  # (B,)
-    ranks = torch.rand(B, N, generator=generator, device=ids.device).argsort(dim=-1)  # random permutation
-    hidden_image = ranks < num_masked[:, None]  # (B, N)
+    hidden_image = random_subsets(num_masked, N, generator=generator, device=ids.device)  # (B, N)
     hidden = torch.zeros_like(image, dtype=torch.bool)
     hidden[image.bool()] = hidden_image.flatten()
     return MaskedBatch(torch.where(hidden, mask_id, ids), hidden, ratio[:, None].float())
+
+
+def random_subsets(counts: Tensor, length: int, *, generator: torch.Generator | None = None,
+                   device: torch.device | str | None = None) -> Tensor:
+    """Row b marks `counts[b]` of `length` positions, chosen uniformly at random.
+
+    Args:
+        counts: (B,) in [0, length] (integer-valued; any dtype).
+    Returns:
+        (B, length) bool with exactly counts[b] True entries in row b.
+    """
+    order = torch.rand(counts.shape[0], length, generator=generator, device=device).argsort(dim=-1)  # permutations
+    return order < counts.to(order.device)[:, None]

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ..diffusion.masking import random_subsets
 from ..rl.objective import masked_token_logprobs
 from ..sampling import InfillSampling
 from ..sampling.denoisers import ClassifierFreeGuidance, Denoiser, mask_positions
@@ -46,18 +47,6 @@ def stratified_mask_counts(num_samples: int, length: int, *, generator: torch.Ge
     start = torch.randint(length, (), generator=generator)
     offsets = torch.round(torch.arange(num_samples, dtype=torch.float64) * length / num_samples).long()
     return (start + offsets) % length + 1
-
-
-def random_subsets(counts: Tensor, length: int, *, generator: torch.Generator | None = None) -> Tensor:
-    """Row s marks `counts[s]` of `length` positions, chosen uniformly at random.
-
-    Args:
-        counts: (S,) int64 in [0, length].
-    Returns:
-        (S, length) bool with exactly counts[s] True entries in row s.
-    """
-    ranks = torch.rand(counts.shape[0], length, generator=generator).argsort(dim=1).argsort(dim=1)  # (S, n)
-    return ranks < counts[:, None]
 
 
 @torch.inference_mode()

@@ -69,7 +69,7 @@ def mode_label(record: Mapping[str, Any]) -> str:
     for name, preset in table.items():
         if all(values.get(key) == value for key, value in preset.items()):
             return name
-    speed_fields = sorted({key for preset in table.values() for key in preset} - {"steps", "timesteps"})
+    speed_fields = sorted({key for preset in table.values() for key in preset})
     exact = table["exact"]
     changed = [f"{k}={values[k]}" for k in speed_fields if k in values and values[k] != exact.get(k)]
     return " ".join(changed) or "exact"
